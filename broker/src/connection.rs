@@ -1,0 +1,171 @@
+//! One client connection: a read loop that frames requests (cancel-safe: a
+//! frame is taken from the buffer only once it is whole) and runs each as its
+//! own task, so pipelined requests proceed concurrently (that is what lets
+//! group commit batch them), and a writer task that coalesces responses.
+//! At most `max_in_flight_per_connection` requests run at once; beyond that
+//! the broker stops reading from the socket (TCP backpressure).
+
+use crate::context::ShardContext;
+use crate::dispatch::{dispatch, Response};
+use crate::mesh::RequestError;
+use crate::metrics::bump;
+use bytes::BytesMut;
+use coremq_wire::frame::{decode_frame, FrameError, FRAME_HEADER_LEN};
+use coremq_wire::messages::verifier_options;
+use coremq_wire::ErrorCode;
+use futures::channel::mpsc;
+use futures::StreamExt;
+use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use glommio::sync::Semaphore;
+use std::rc::Rc;
+use std::time::Instant;
+
+/// Bytes read per socket read, at least.
+const READ_CHUNK: usize = 256 * 1024;
+/// Responses smaller than this are copied into one write; larger bodies are written directly.
+const COALESCE_BYTES: usize = 64 * 1024;
+
+pub async fn serve(ctx: Rc<ShardContext>, stream: TcpStream) {
+    let peer = stream.peer_addr().ok();
+    let _ = stream.set_nodelay(true);
+    bump(&ctx.metrics.connections, 1);
+    bump(&ctx.metrics.connections_total, 1);
+    let (mut reader, writer) = futures_lite::io::split(stream);
+    let (responses, outbox) = mpsc::unbounded::<Response>();
+    let writer_task = glommio::spawn_local(write_loop(writer, outbox));
+    let permits = Rc::new(Semaphore::new(
+        ctx.config.max_in_flight_per_connection as u64,
+    ));
+    let options = Rc::new(verifier_options(ctx.config.max_frame_bytes));
+    let mut buffer = BytesMut::with_capacity(READ_CHUNK);
+
+    let outcome: Result<(), String> = async {
+        loop {
+            loop {
+                let header = match decode_frame(&buffer, ctx.config.max_frame_bytes) {
+                    Ok(Some(header)) => header,
+                    Ok(None) => break,
+                    Err(error) => {
+                        // Framing is lost: say why (best effort) and close.
+                        let correlation_id = correlation_id_of(&buffer);
+                        let code = match error {
+                            FrameError::TooLarge { .. } => ErrorCode::TooLarge,
+                            _ => ErrorCode::MalformedFrame,
+                        };
+                        let _ = responses.unbounded_send(Response::error(
+                            correlation_id,
+                            &RequestError::new(code, error.to_string()),
+                        ));
+                        return Err(error.to_string());
+                    }
+                };
+                let frame = buffer.split_to(header.frame_len()).freeze();
+                let permit = permits
+                    .acquire_static_permit(1)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let ctx = ctx.clone();
+                let responses = responses.clone();
+                let options = options.clone();
+                bump(&ctx.metrics.requests, 1);
+                ctx.metrics.queue_depth.record(ctx.metrics.in_flight.get());
+                bump(&ctx.metrics.in_flight, 1);
+                glommio::spawn_local(async move {
+                    let response =
+                        dispatch(&ctx, header, &frame[FRAME_HEADER_LEN..], &options).await;
+                    ctx.metrics.in_flight.set(ctx.metrics.in_flight.get() - 1);
+                    // The client may be gone; its request still completed.
+                    let _ = responses.unbounded_send(response);
+                    drop(permit);
+                })
+                .detach();
+            }
+            if buffer.capacity() - buffer.len() < READ_CHUNK / 4 {
+                buffer.reserve(READ_CHUNK);
+            }
+            let filled = buffer.len();
+            buffer.resize(buffer.capacity(), 0);
+            let read = reader.read(&mut buffer[filled..]).await;
+            match read {
+                Ok(0) => {
+                    buffer.truncate(filled);
+                    if !buffer.is_empty() {
+                        return Err(format!(
+                            "connection closed mid-frame ({} bytes pending)",
+                            buffer.len()
+                        ));
+                    }
+                    return Ok(());
+                }
+                Ok(n) => buffer.truncate(filled + n),
+                Err(error) => {
+                    buffer.truncate(filled);
+                    return Err(error.to_string());
+                }
+            }
+        }
+    }
+    .await;
+    if let Err(reason) = outcome {
+        tracing::debug!(?peer, %reason, "closing connection");
+    }
+    drop(responses);
+    // The writer ends once every in-flight request has answered (they hold senders).
+    writer_task.await;
+    ctx.metrics
+        .connections
+        .set(ctx.metrics.connections.get() - 1);
+}
+
+fn correlation_id_of(buffer: &[u8]) -> u64 {
+    if buffer.len() >= FRAME_HEADER_LEN {
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&buffer[8..16]);
+        u64::from_le_bytes(id)
+    } else {
+        0
+    }
+}
+
+async fn write_loop(
+    mut writer: futures_lite::io::WriteHalf<TcpStream>,
+    mut outbox: mpsc::UnboundedReceiver<Response>,
+) {
+    let mut pending: Vec<u8> = Vec::with_capacity(COALESCE_BYTES * 2);
+    let mut broken = false;
+    while let Some(first) = outbox.next().await {
+        if broken {
+            continue; // drain so in-flight requests can finish and drop their senders
+        }
+        let started = Instant::now();
+        let mut next = Some(first);
+        while let Some(response) = next.take() {
+            pending.extend_from_slice(&response.header);
+            let body = response.body.bytes();
+            if body.len() >= COALESCE_BYTES {
+                if writer.write_all(&pending).await.is_err()
+                    || writer.write_all(body).await.is_err()
+                {
+                    broken = true;
+                    break;
+                }
+                pending.clear();
+            } else {
+                pending.extend_from_slice(body);
+            }
+            if pending.len() < COALESCE_BYTES {
+                next = outbox.try_recv().ok();
+            }
+        }
+        if !broken && !pending.is_empty() && writer.write_all(&pending).await.is_err() {
+            broken = true;
+        }
+        pending.clear();
+        tracing::trace!(
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "responses written"
+        );
+    }
+    let _ = writer.close().await;
+}

@@ -1,0 +1,398 @@
+//! `ShardContext`: what one shard's tasks share (its storage, metrics, the
+//! mesh to its peers), and the partition operations that run locally when this
+//! shard owns the partition or hop over the mesh when another shard does.
+
+use crate::config::BrokerConfig;
+use crate::mesh::{Mesh, OffsetQuery, PartitionFetch, RequestError, ShardRequest};
+use crate::metrics::{bump, ShardMetrics, ShardStatsSnapshot};
+use coremq_shard::{AppendOutcome, ShardStorage, TopicConfig};
+use coremq_wire::{shard_for, ErrorCode};
+use futures::future::{select, Either};
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+pub struct ShardContext {
+    pub id: u16,
+    pub config: BrokerConfig,
+    pub storage: ShardStorage,
+    pub mesh: Mesh,
+    pub metrics: ShardMetrics,
+    /// The address every shard accepts on (advertised in metadata as the bootstrap address).
+    pub main_address: SocketAddr,
+    /// Each shard's own address, indexed by shard id.
+    pub shard_addresses: Vec<SocketAddr>,
+    pub shutting_down: Cell<bool>,
+    /// Fired once when shutdown starts, to wake accept loops and long polls.
+    pub shutdown: event_listener::Event,
+}
+
+impl ShardContext {
+    pub fn shard_count(&self) -> u16 {
+        self.shard_addresses.len() as u16
+    }
+
+    pub fn owner(&self, topic: &str, partition: u32) -> u16 {
+        shard_for(topic, partition, self.shard_count())
+    }
+
+    /// Checks topic and partition against this shard's copy of the catalog, so
+    /// a bad request fails here instead of after a hop.
+    pub fn check_partition(&self, topic: &str, partition: u32) -> Result<(), RequestError> {
+        match self.storage.topic(topic) {
+            None => Err(RequestError::new(
+                ErrorCode::UnknownTopic,
+                format!("unknown topic '{topic}'"),
+            )),
+            Some(config) if partition >= config.partitions => Err(RequestError::new(
+                ErrorCode::UnknownPartition,
+                format!(
+                    "topic '{topic}' has {} partitions, no partition {partition}",
+                    config.partitions
+                ),
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+
+    fn check_running(&self) -> Result<(), RequestError> {
+        if self.shutting_down.get() {
+            return Err(RequestError::new(
+                ErrorCode::ShuttingDown,
+                "broker is shutting down",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Appends `batches` to a partition, wherever it lives. `batches` is borrowed
+    /// from the request frame: the local path stores it without copying.
+    pub async fn append(
+        &self,
+        topic: &str,
+        partition: u32,
+        batches: &[u8],
+    ) -> Result<AppendOutcome, RequestError> {
+        self.check_running()?;
+        self.check_partition(topic, partition)?;
+        let owner = self.owner(topic, partition);
+        if owner == self.id {
+            return self.append_local(topic, partition, batches).await;
+        }
+        bump(&self.metrics.forwarded_requests, 1);
+        let (topic, batches) = (topic.to_string(), batches.to_vec());
+        self.mesh
+            .call(owner, |reply| ShardRequest::Append {
+                topic,
+                partition,
+                batches,
+                reply,
+            })
+            .await
+    }
+
+    pub async fn append_local(
+        &self,
+        topic: &str,
+        partition: u32,
+        batches: &[u8],
+    ) -> Result<AppendOutcome, RequestError> {
+        if batches.is_empty() {
+            return Err(RequestError::new(
+                ErrorCode::CorruptBatch,
+                "no record batch in the request",
+            ));
+        }
+        let outcome = self.storage.append(topic, partition, batches).await?;
+        bump(
+            &self.metrics.produced_records,
+            outcome.last_offset - outcome.base_offset + 1,
+        );
+        bump(&self.metrics.produced_bytes, batches.len() as u64);
+        Ok(outcome)
+    }
+
+    pub async fn fetch(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max_bytes: u32,
+        max_wait: Duration,
+    ) -> Result<PartitionFetch, RequestError> {
+        self.check_running()?;
+        self.check_partition(topic, partition)?;
+        let owner = self.owner(topic, partition);
+        if owner == self.id {
+            return self
+                .fetch_local(topic, partition, offset, max_bytes, max_wait)
+                .await;
+        }
+        bump(&self.metrics.forwarded_requests, 1);
+        let topic = topic.to_string();
+        self.mesh
+            .call(owner, |reply| ShardRequest::Fetch {
+                topic,
+                partition,
+                offset,
+                max_bytes,
+                max_wait,
+                reply,
+            })
+            .await
+    }
+
+    /// Reads, and if there is nothing at `offset` yet, waits (long poll) until
+    /// something is appended, the wait is over, or the broker shuts down.
+    pub async fn fetch_local(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max_bytes: u32,
+        max_wait: Duration,
+    ) -> Result<PartitionFetch, RequestError> {
+        let deadline = Instant::now() + max_wait;
+        loop {
+            // Listen before reading so an append between the read and the wait is not missed.
+            let appended = self.storage.appended();
+            let started = Instant::now();
+            let read = self
+                .storage
+                .read(topic, partition, offset, max_bytes)
+                .await?;
+            self.metrics
+                .fetch_us
+                .record(started.elapsed().as_micros() as u64);
+            let now = Instant::now();
+            if !read.batches.is_empty() || now >= deadline || self.shutting_down.get() {
+                bump(&self.metrics.fetched_bytes, read.batches.len() as u64);
+                return Ok(PartitionFetch {
+                    batches: read.batches,
+                    high_watermark: read.high_watermark,
+                    log_start_offset: read.log_start_offset,
+                });
+            }
+            let shutdown = self.shutdown.listen();
+            let timer = glommio::timer::sleep(deadline - now);
+            futures::pin_mut!(timer);
+            match select(select(appended, shutdown), timer).await {
+                Either::Left(_) | Either::Right(_) => {}
+            }
+        }
+    }
+
+    pub async fn list_offset(
+        &self,
+        topic: &str,
+        partition: u32,
+        query: OffsetQuery,
+    ) -> Result<u64, RequestError> {
+        self.check_partition(topic, partition)?;
+        let owner = self.owner(topic, partition);
+        if owner == self.id {
+            return self.list_offset_local(topic, partition, query);
+        }
+        bump(&self.metrics.forwarded_requests, 1);
+        let topic = topic.to_string();
+        self.mesh
+            .call(owner, |reply| ShardRequest::ListOffset {
+                topic,
+                partition,
+                query,
+                reply,
+            })
+            .await
+    }
+
+    pub fn list_offset_local(
+        &self,
+        topic: &str,
+        partition: u32,
+        query: OffsetQuery,
+    ) -> Result<u64, RequestError> {
+        Ok(match query {
+            OffsetQuery::Earliest => self.storage.log_start_offset(topic, partition)?,
+            OffsetQuery::Latest => self.storage.high_watermark(topic, partition)?,
+            OffsetQuery::Timestamp(ts) => {
+                self.storage.offset_for_timestamp(topic, partition, ts)?
+            }
+        })
+    }
+
+    /// Creates the topic on every shard (each keeps the whole catalog).
+    pub async fn create_topic(&self, config: TopicConfig) -> Result<(), RequestError> {
+        self.check_running()?;
+        if self.storage.topic(&config.name).is_some() {
+            return Err(RequestError::new(
+                ErrorCode::TopicAlreadyExists,
+                format!("topic '{}' already exists", config.name),
+            ));
+        }
+        let calls = (0..self.shard_count()).map(|shard| {
+            let config = config.clone();
+            async move {
+                if shard == self.id {
+                    self.storage
+                        .create_topic(config)
+                        .await
+                        .map_err(RequestError::from)
+                } else {
+                    self.mesh
+                        .call(shard, |reply| ShardRequest::CreateTopic { config, reply })
+                        .await
+                }
+            }
+        });
+        first_error(futures::future::join_all(calls).await)
+    }
+
+    pub async fn delete_topic(&self, name: &str) -> Result<(), RequestError> {
+        self.check_running()?;
+        if self.storage.topic(name).is_none() {
+            return Err(RequestError::new(
+                ErrorCode::UnknownTopic,
+                format!("unknown topic '{name}'"),
+            ));
+        }
+        let calls = (0..self.shard_count()).map(|shard| {
+            let name = name.to_string();
+            async move {
+                if shard == self.id {
+                    self.storage
+                        .delete_topic(&name)
+                        .await
+                        .map_err(RequestError::from)
+                } else {
+                    self.mesh
+                        .call(shard, |reply| ShardRequest::DeleteTopic { name, reply })
+                        .await
+                }
+            }
+        });
+        first_error(futures::future::join_all(calls).await)
+    }
+
+    /// Stats of every shard, in shard order.
+    pub async fn stats(&self, reset: bool) -> Vec<ShardStatsSnapshot> {
+        let calls = (0..self.shard_count()).map(|shard| async move {
+            if shard == self.id {
+                Some(self.stats_local(reset))
+            } else {
+                let (tx, rx) = futures::channel::oneshot::channel();
+                if !self
+                    .mesh
+                    .send(shard, ShardRequest::Stats { reset, reply: tx })
+                    .await
+                {
+                    return None;
+                }
+                rx.await.ok()
+            }
+        });
+        futures::future::join_all(calls)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    pub fn stats_local(&self, reset: bool) -> ShardStatsSnapshot {
+        let m = &self.metrics;
+        let storage = self.storage.metrics();
+        let fsync = crate::metrics::HistogramSummary::of("fsync_us", &storage.fsync_us.borrow());
+        let snapshot = ShardStatsSnapshot {
+            shard: self.id,
+            histograms: vec![
+                m.produce_us.summary("produce_us"),
+                fsync,
+                m.fetch_us.summary("fetch_us"),
+                m.queue_depth.summary("queue_depth"),
+            ],
+            counters: vec![
+                ("requests".into(), m.requests.get()),
+                ("in_flight".into(), m.in_flight.get()),
+                ("produced_records".into(), m.produced_records.get()),
+                ("produced_bytes".into(), m.produced_bytes.get()),
+                ("fetched_bytes".into(), m.fetched_bytes.get()),
+                ("forwarded_requests".into(), m.forwarded_requests.get()),
+                ("errors".into(), m.errors.get()),
+                ("connections".into(), m.connections.get()),
+                ("connections_total".into(), m.connections_total.get()),
+                ("flushes".into(), storage.flushes.get()),
+                ("flush_bytes".into(), storage.flush_bytes.get()),
+            ],
+        };
+        if reset {
+            m.produce_us.reset();
+            m.fetch_us.reset();
+            m.queue_depth.reset();
+            storage.fsync_us.borrow_mut().reset();
+        }
+        snapshot
+    }
+
+    /// Serves one request that another shard sent over the mesh.
+    pub async fn serve_peer_request(self: Rc<Self>, request: ShardRequest) {
+        // A dropped reply receiver means the asking client went away: nothing to do.
+        match request {
+            ShardRequest::Append {
+                topic,
+                partition,
+                batches,
+                reply,
+            } => {
+                let _ = reply.send(self.append_local(&topic, partition, &batches).await);
+            }
+            ShardRequest::Fetch {
+                topic,
+                partition,
+                offset,
+                max_bytes,
+                max_wait,
+                reply,
+            } => {
+                let _ = reply.send(
+                    self.fetch_local(&topic, partition, offset, max_bytes, max_wait)
+                        .await,
+                );
+            }
+            ShardRequest::ListOffset {
+                topic,
+                partition,
+                query,
+                reply,
+            } => {
+                let _ = reply.send(self.list_offset_local(&topic, partition, query));
+            }
+            ShardRequest::CreateTopic { config, reply } => {
+                let _ = reply.send(
+                    self.storage
+                        .create_topic(config)
+                        .await
+                        .map_err(RequestError::from),
+                );
+            }
+            ShardRequest::DeleteTopic { name, reply } => {
+                let _ = reply.send(
+                    self.storage
+                        .delete_topic(&name)
+                        .await
+                        .map_err(RequestError::from),
+                );
+            }
+            ShardRequest::Stats { reset, reply } => {
+                let _ = reply.send(self.stats_local(reset));
+            }
+            ShardRequest::Shutdown { reply } => {
+                // Handled by the shard's main loop; never dispatched here.
+                let _ = reply.send(());
+            }
+        }
+    }
+}
+
+fn first_error(results: Vec<Result<(), RequestError>>) -> Result<(), RequestError> {
+    results.into_iter().find(|r| r.is_err()).unwrap_or(Ok(()))
+}

@@ -1,0 +1,343 @@
+//! Process start-up and shutdown: reserve ports, start one pinned glommio
+//! executor per shard, wait until every shard has recovered its storage and
+//! is listening, print the addresses, then wait for SIGINT/SIGTERM and shut
+//! every shard down (stop accepting, finish in-flight appends, sync, close).
+
+use crate::config::BrokerConfig;
+use crate::context::ShardContext;
+use crate::mesh::{Mesh, ShardRequest};
+use crate::metrics::ShardMetrics;
+use coremq_shard::{ShardId, ShardStorage, StorageConfig};
+use futures::future::{select, Either};
+use glommio::{LocalExecutorBuilder, Placement};
+use socket2::{Domain, Socket, Type};
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::mpsc;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot reserve {address}: {source}")]
+    Port {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("shard {shard} failed to start: {reason}")]
+    Shard { shard: u16, reason: String },
+    #[error("cannot start executor for shard {shard}: {reason}")]
+    Executor { shard: u16, reason: String },
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// How often each shard runs storage maintenance (interval fsync, retention, checkpoint).
+const MAINTENANCE_EVERY: Duration = Duration::from_millis(100);
+
+/// Runs the broker until SIGINT or SIGTERM.
+pub fn run(config: BrokerConfig) -> Result<(), StartError> {
+    let handle = start(config)?;
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])
+    .map_err(StartError::Signals)?;
+    if let Some(signal) = signals.forever().next() {
+        tracing::info!(signal, "shutting down");
+    }
+    handle.shutdown();
+    Ok(())
+}
+
+pub struct BrokerHandle {
+    mesh: Mesh,
+    threads: Vec<glommio::ExecutorJoinHandle<()>>,
+    pub main_address: SocketAddr,
+    pub shard_addresses: Vec<SocketAddr>,
+}
+
+impl BrokerHandle {
+    /// Asks every shard to drain and close, and waits for them.
+    pub fn shutdown(self) {
+        let replies: Vec<_> = (0..self.mesh.shard_count())
+            .map(|shard| {
+                let (tx, rx) = futures::channel::oneshot::channel();
+                let sent = futures::executor::block_on(
+                    self.mesh.send(shard, ShardRequest::Shutdown { reply: tx }),
+                );
+                (shard, sent, rx)
+            })
+            .collect();
+        for (shard, sent, rx) in replies {
+            if sent && futures::executor::block_on(rx).is_err() {
+                tracing::warn!(shard, "shard stopped without confirming shutdown");
+            }
+        }
+        for thread in self.threads {
+            if thread.join().is_err() {
+                tracing::error!("a shard thread panicked during shutdown");
+            }
+        }
+        tracing::info!("all shards closed");
+    }
+}
+
+/// Reserves a port with SO_REUSEPORT without listening on it, so port 0 can be
+/// resolved once and then bound by every shard.
+fn reserve(address: SocketAddr) -> Result<Socket, StartError> {
+    let domain = if address.is_ipv6() {
+        Domain::IPV6
+    } else {
+        Domain::IPV4
+    };
+    let socket = Socket::new(domain, Type::STREAM, None)
+        .map_err(|source| StartError::Port { address, source })?;
+    socket
+        .set_reuse_port(true)
+        .map_err(|source| StartError::Port { address, source })?;
+    socket
+        .bind(&address.into())
+        .map_err(|source| StartError::Port { address, source })?;
+    Ok(socket)
+}
+
+fn local_address(socket: &Socket, fallback: SocketAddr) -> SocketAddr {
+    socket
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .unwrap_or(fallback)
+}
+
+pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
+        path: config.data_dir.display().to_string(),
+        source,
+    })?;
+    let shards = config.shards;
+
+    // Resolve every port first; the placeholders keep them ours until the shards bind.
+    let main_placeholder = reserve(config.listen)?;
+    let main_address = local_address(&main_placeholder, config.listen);
+    let mut placeholders = vec![main_placeholder];
+    let mut shard_addresses = Vec::with_capacity(shards as usize);
+    for shard in 0..shards {
+        let mut address = config.listen;
+        address.set_port(if config.listen.port() == 0 {
+            0
+        } else {
+            main_address.port() + 1 + shard
+        });
+        let socket = reserve(address)?;
+        shard_addresses.push(local_address(&socket, address));
+        placeholders.push(socket);
+    }
+
+    let cores: Vec<usize> = core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    let (mesh, receivers) = Mesh::new(shards);
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<u16, StartError>>();
+    let mut threads = Vec::with_capacity(shards as usize);
+    for (shard, receiver) in (0..shards).zip(receivers) {
+        let placement = match (config.pin_cores, cores.is_empty()) {
+            (true, false) => Placement::Fixed(cores[shard as usize % cores.len()]),
+            _ => Placement::Unbound,
+        };
+        let mut builder = LocalExecutorBuilder::new(placement).name(&format!("shard-{shard}"));
+        if let Some(spin) = config.spin_before_park {
+            builder = builder.spin_before_park(spin);
+        }
+        let (config, mesh, ready, shard_addresses) = (
+            config.clone(),
+            mesh.clone(),
+            ready_tx.clone(),
+            shard_addresses.clone(),
+        );
+        let thread = builder
+            .spawn(move || {
+                shard_main(
+                    shard,
+                    config,
+                    mesh,
+                    receiver,
+                    main_address,
+                    shard_addresses,
+                    ready,
+                )
+            })
+            .map_err(|e| StartError::Executor {
+                shard,
+                reason: e.to_string(),
+            })?;
+        threads.push(thread);
+    }
+    drop(ready_tx);
+
+    let mut first_error = None;
+    for _ in 0..shards {
+        match ready_rx.recv() {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => {
+                first_error.get_or_insert(error);
+            }
+            Err(_) => {
+                first_error.get_or_insert(StartError::Shard {
+                    shard: 0,
+                    reason: "a shard thread died".into(),
+                });
+                break;
+            }
+        }
+    }
+    drop(placeholders);
+    let handle = BrokerHandle {
+        mesh,
+        threads,
+        main_address,
+        shard_addresses,
+    };
+    if let Some(error) = first_error {
+        handle.shutdown();
+        return Err(error);
+    }
+    Ok(handle)
+}
+
+async fn shard_main(
+    shard: u16,
+    config: BrokerConfig,
+    mesh: Mesh,
+    receiver: async_channel::Receiver<ShardRequest>,
+    main_address: SocketAddr,
+    shard_addresses: Vec<SocketAddr>,
+    ready: mpsc::Sender<Result<u16, StartError>>,
+) {
+    let fail = |reason: String| {
+        tracing::error!(shard, %reason, "shard failed to start");
+        let _ = ready.send(Err(StartError::Shard { shard, reason }));
+    };
+    let storage_config = StorageConfig {
+        shard: ShardId(shard),
+        shard_count: config.shards,
+        dir: config.data_dir.join(format!("shard-{shard}")),
+        segment_bytes: config.segment_bytes,
+        read_cache_bytes: config.read_cache_bytes,
+        max_batch_bytes: config.max_batch_bytes,
+        checkpoint_interval: Duration::from_secs(10),
+        default_durability: config.default_durability,
+    };
+    let storage = match ShardStorage::open(storage_config).await {
+        Ok(storage) => storage,
+        Err(error) => return fail(format!("cannot open storage: {error}")),
+    };
+    let listeners =
+        [main_address, shard_addresses[shard as usize]].map(glommio::net::TcpListener::bind);
+    let [Ok(main_listener), Ok(own_listener)] = listeners else {
+        let _ = storage.close().await;
+        return fail("cannot listen on the main or the shard port".to_string());
+    };
+    let ctx = Rc::new(ShardContext {
+        id: shard,
+        config,
+        storage,
+        mesh,
+        metrics: ShardMetrics::default(),
+        main_address,
+        shard_addresses,
+        shutting_down: Cell::new(false),
+        shutdown: event_listener::Event::new(),
+    });
+    let accept_tasks = [main_listener, own_listener]
+        .map(|listener| glommio::spawn_local(accept_loop(ctx.clone(), listener)));
+    let maintenance = glommio::spawn_local(maintenance_loop(ctx.clone()));
+    tracing::info!(shard, address = %ctx.shard_addresses[shard as usize], "shard ready");
+    let _ = ready.send(Ok(shard));
+
+    while let Ok(request) = receiver.recv().await {
+        match request {
+            ShardRequest::Shutdown { reply } => {
+                shutdown(&ctx).await;
+                let _ = reply.send(());
+                break;
+            }
+            other => {
+                glommio::spawn_local(ctx.clone().serve_peer_request(other)).detach();
+            }
+        }
+    }
+    for task in accept_tasks {
+        task.await;
+    }
+    maintenance.await;
+}
+
+async fn shutdown(ctx: &ShardContext) {
+    ctx.shutting_down.set(true);
+    ctx.shutdown.notify(usize::MAX);
+    // In-flight appends finish (bounded wait); new requests get ShuttingDown.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while ctx.metrics.in_flight.get() > 0 && std::time::Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+    }
+    if let Err(error) = ctx.storage.close().await {
+        tracing::error!(shard = ctx.id, %error, "closing storage failed");
+    }
+    tracing::info!(shard = ctx.id, "shard closed");
+}
+
+async fn accept_loop(ctx: Rc<ShardContext>, listener: glommio::net::TcpListener) {
+    let mut failures = 0u32;
+    loop {
+        let stopping = ctx.shutdown.listen();
+        if ctx.shutting_down.get() {
+            return;
+        }
+        let accept = listener.accept();
+        futures::pin_mut!(accept);
+        match select(accept, stopping).await {
+            Either::Right(_) => return,
+            Either::Left((Ok(stream), _)) => {
+                failures = 0;
+                if ctx.metrics.connections.get() as usize >= ctx.config.max_connections {
+                    tracing::warn!(
+                        shard = ctx.id,
+                        "connection limit reached; refusing a connection"
+                    );
+                    drop(stream);
+                    continue;
+                }
+                glommio::spawn_local(crate::connection::serve(ctx.clone(), stream)).detach();
+            }
+            Either::Left((Err(error), _)) => {
+                // EMFILE and friends: back off instead of spinning.
+                failures += 1;
+                tracing::warn!(shard = ctx.id, %error, "accept failed");
+                glommio::timer::sleep(Duration::from_millis((1u64 << failures.min(10)).min(1000)))
+                    .await;
+            }
+        }
+    }
+}
+
+async fn maintenance_loop(ctx: Rc<ShardContext>) {
+    while !ctx.shutting_down.get() {
+        let stopping = ctx.shutdown.listen();
+        let tick = glommio::timer::sleep(MAINTENANCE_EVERY);
+        futures::pin_mut!(tick);
+        if let Either::Right(_) = select(tick, stopping).await {
+            return;
+        }
+        if let Err(error) = ctx.storage.maintenance().await {
+            tracing::error!(shard = ctx.id, %error, "storage maintenance failed");
+        }
+    }
+}
