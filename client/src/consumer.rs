@@ -1,0 +1,129 @@
+//! `Consumer`: reads one partition from an offset, as a `Stream` of owned
+//! records (long polling) or batch by batch for callers that count bytes and
+//! records without decoding each one.
+
+use crate::client::Client;
+use crate::error::{Error, Result};
+use crate::fetch::{ConsumerRecord, FetchOptions, FetchedPartition};
+use crate::types::OffsetSpec;
+use futures::Stream;
+use std::collections::VecDeque;
+use std::time::Duration;
+
+#[derive(Clone)]
+pub struct Consumer {
+    client: Client,
+    options: FetchOptions,
+}
+
+impl Consumer {
+    pub fn new(client: Client) -> Consumer {
+        Consumer {
+            client,
+            options: FetchOptions::default(),
+        }
+    }
+
+    pub fn with_options(client: Client, options: FetchOptions) -> Consumer {
+        Consumer { client, options }
+    }
+
+    pub fn options(&self) -> &FetchOptions {
+        &self.options
+    }
+
+    /// Resolves a starting offset ("earliest", "latest", by time).
+    pub async fn offset(&self, topic: &str, partition: u32, spec: OffsetSpec) -> Result<u64> {
+        self.client.list_offset(topic, partition, spec).await
+    }
+
+    /// One long-polling fetch: raw batches, no per-record decoding. Use
+    /// [`FetchedPartition::summarize`] for counts and the next offset.
+    pub async fn fetch(&self, topic: &str, partition: u32, offset: u64) -> Result<FetchedPartition> {
+        self.client
+            .fetch(topic, partition, offset, &self.options)
+            .await
+    }
+
+    /// Every record from `offset` on, forever (the stream waits for new
+    /// records with long polls). Connection failures are retried with a
+    /// short backoff; any other error is yielded and ends the stream.
+    pub fn stream(
+        &self,
+        topic: impl Into<String>,
+        partition: u32,
+        offset: u64,
+    ) -> impl Stream<Item = Result<ConsumerRecord>> + Send + 'static {
+        let state = StreamState {
+            consumer: self.clone(),
+            topic: topic.into(),
+            partition,
+            offset,
+            buffered: VecDeque::new(),
+            failed: false,
+            retry_wait: Duration::from_millis(50),
+        };
+        futures::stream::unfold(state, |mut state| async move {
+            let item = state.next().await?;
+            Some((item, state))
+        })
+    }
+}
+
+struct StreamState {
+    consumer: Consumer,
+    topic: String,
+    partition: u32,
+    offset: u64,
+    buffered: VecDeque<ConsumerRecord>,
+    failed: bool,
+    retry_wait: Duration,
+}
+
+impl StreamState {
+    async fn next(&mut self) -> Option<Result<ConsumerRecord>> {
+        if self.failed {
+            return None;
+        }
+        loop {
+            if let Some(record) = self.buffered.pop_front() {
+                return Some(Ok(record));
+            }
+            match self.fill().await {
+                Ok(()) => self.retry_wait = Duration::from_millis(50),
+                Err(error) if error.is_connection() || error.is_retriable() => {
+                    tracing::warn!(%error, topic = %self.topic, partition = self.partition,
+                        "fetch failed; retrying");
+                    tokio::time::sleep(self.retry_wait).await;
+                    self.retry_wait = (self.retry_wait * 2).min(Duration::from_secs(5));
+                }
+                Err(error) => {
+                    self.failed = true;
+                    return Some(Err(error));
+                }
+            }
+        }
+    }
+
+    async fn fill(&mut self) -> Result<()> {
+        let fetched = self
+            .consumer
+            .fetch(&self.topic, self.partition, self.offset)
+            .await?;
+        let records = fetched.records()?;
+        if let Some(last) = records.last() {
+            self.offset = last.offset + 1;
+        } else if let Ok(summary) = fetched.summarize(false) {
+            // Batches wholly before the offset (or empty): move past them.
+            self.offset = summary.next_offset.max(self.offset);
+        }
+        self.buffered.extend(records);
+        if self.buffered.is_empty() && fetched.high_watermark < self.offset {
+            return Err(Error::Protocol(format!(
+                "high watermark {} is below the fetch offset {}",
+                fetched.high_watermark, self.offset
+            )));
+        }
+        Ok(())
+    }
+}
