@@ -48,7 +48,12 @@ impl Admin {
         let timeout = self.client.config().request_timeout;
         let body = self
             .client
-            .call(Route::Main, Kind::CreateTopic, Body::from_builder(builder), timeout)
+            .call(
+                Route::Main,
+                Kind::CreateTopic,
+                Body::from_builder(builder),
+                timeout,
+            )
             .await?;
         let result = parse::<fb::TopicResult>(&body)?;
         check_code(result.error(), result.error_message())?;
@@ -85,7 +90,12 @@ impl Admin {
         let timeout = self.client.config().request_timeout;
         let body = self
             .client
-            .call(Route::Main, Kind::DeleteTopic, Body::from_builder(builder), timeout)
+            .call(
+                Route::Main,
+                Kind::DeleteTopic,
+                Body::from_builder(builder),
+                timeout,
+            )
             .await?;
         let result = parse::<fb::TopicResult>(&body)?;
         check_code(result.error(), result.error_message())?;

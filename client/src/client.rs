@@ -74,7 +74,9 @@ pub struct Client {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 pub(crate) fn options() -> VerifierOptions {
@@ -213,7 +215,8 @@ impl Client {
             Err(error) => {
                 let config = &self.inner.config;
                 let factor = 1u32 << backoff.failures.min(16);
-                let wait = (config.reconnect_backoff_min * factor).min(config.reconnect_backoff_max);
+                let wait =
+                    (config.reconnect_backoff_min * factor).min(config.reconnect_backoff_max);
                 backoff.failures += 1;
                 backoff.next_attempt = Some(Instant::now() + wait);
                 tracing::warn!(%addr, ?route, %error, ?wait, "connect failed");
@@ -257,10 +260,12 @@ impl Client {
     /// The batch level API: no per-record work in the client.
     pub async fn produce(&self, topic: &str, partition: u32, batches: &[u8]) -> Result<ProduceAck> {
         let route = self.route_for(topic, partition);
-        let mut results = self.produce_to(route, &[(topic, partition, batches)]).await?;
-        results.pop().unwrap_or_else(|| {
-            Err(Error::Protocol("produce response without results".into()))
-        })
+        let mut results = self
+            .produce_to(route, &[(topic, partition, batches)])
+            .await?;
+        results
+            .pop()
+            .unwrap_or_else(|| Err(Error::Protocol("produce response without results".into())))
     }
 
     /// One ProduceRequest carrying several partitions (normally all owned by
@@ -497,7 +502,10 @@ mod tests {
             host: host.into(),
             port: 9093,
         };
-        assert_eq!(shard_address("127.0.0.1:9092", &info("0.0.0.0")), "127.0.0.1:9093");
+        assert_eq!(
+            shard_address("127.0.0.1:9092", &info("0.0.0.0")),
+            "127.0.0.1:9093"
+        );
         assert_eq!(shard_address("localhost:9092", &info("")), "localhost:9093");
         assert_eq!(shard_address("x:1", &info("10.0.0.1")), "10.0.0.1:9093");
         assert_eq!(shard_address("x:1", &info("::1")), "[::1]:9093");

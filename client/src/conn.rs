@@ -100,7 +100,9 @@ impl Shared {
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding this lock cannot leave the map inconsistent
     // (single inserts and removes), so poisoning is ignored.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A pipelined connection. Cheap to share behind an `Arc`; dropping the last
@@ -279,9 +281,7 @@ async fn read_loop(mut read_half: OwnedReadHalf, shared: Arc<Shared>) {
             Ok(Some(header)) => {
                 let frame = buffer.split_to(header.frame_len()).freeze();
                 let body = frame.slice(FRAME_HEADER_LEN..);
-                let waiter = lock(&shared.pending)
-                    .waiters
-                    .remove(&header.correlation_id);
+                let waiter = lock(&shared.pending).waiters.remove(&header.correlation_id);
                 match waiter {
                     Some(waiter) => {
                         let _ = waiter.send(Ok((header.kind, body)));

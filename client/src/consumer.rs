@@ -39,7 +39,12 @@ impl Consumer {
 
     /// One long-polling fetch: raw batches, no per-record decoding. Use
     /// [`FetchedPartition::summarize`] for counts and the next offset.
-    pub async fn fetch(&self, topic: &str, partition: u32, offset: u64) -> Result<FetchedPartition> {
+    pub async fn fetch(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+    ) -> Result<FetchedPartition> {
         self.client
             .fetch(topic, partition, offset, &self.options)
             .await

@@ -125,7 +125,12 @@ impl FetchedPartition {
     }
 }
 
-pub(crate) fn encode_fetch(topic: &str, partition: u32, offset: u64, options: &FetchOptions) -> Body {
+pub(crate) fn encode_fetch(
+    topic: &str,
+    partition: u32,
+    offset: u64,
+    options: &FetchOptions,
+) -> Body {
     let mut builder = FlatBufferBuilder::with_capacity(128 + topic.len());
     let name = builder.create_string(topic);
     let entry = fb::FetchPartition::create(
@@ -213,14 +218,24 @@ mod tests {
         assert_eq!(records.len(), 6);
         assert_eq!(records[0].offset, 12);
         assert_eq!(&records[0].value[..], b"v12");
-        assert_eq!(records[0].headers, vec![("h".to_string(), Bytes::from_static(b"x"))]);
+        assert_eq!(
+            records[0].headers,
+            vec![("h".to_string(), Bytes::from_static(b"x"))]
+        );
         assert_eq!(records[5].offset, 17);
     }
 
     #[test]
     fn empty_fetch_keeps_the_offset() {
         let summary = fetched(7, Vec::new()).summarize(true).unwrap();
-        assert_eq!(summary, BatchSummary { records: 0, batches: 0, next_offset: 7 });
+        assert_eq!(
+            summary,
+            BatchSummary {
+                records: 0,
+                batches: 0,
+                next_offset: 7
+            }
+        );
     }
 
     #[test]

@@ -32,8 +32,7 @@ pub use error::{Error, Result};
 pub use fetch::{BatchSummary, ConsumerRecord, FetchOptions, FetchedPartition};
 pub use producer::{Producer, ProducerBuilder, ProducerConfig, Record};
 pub use types::{
-    HistogramStats, Metadata, OffsetSpec, ProduceAck, ShardInfo, ShardStats, TopicConfig,
-    TopicInfo,
+    HistogramStats, Metadata, OffsetSpec, ProduceAck, ShardInfo, ShardStats, TopicConfig, TopicInfo,
 };
 
 pub use coremq_wire::ErrorCode;

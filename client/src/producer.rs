@@ -8,18 +8,20 @@
 //! connection. `max_in_flight_bytes` bounds the bytes buffered or unacknowledged:
 //! `send` waits (FIFO) for room.
 //!
-//! Ordering: records of one partition are appended to its batch in send order
-//! and batches of one partition are sent in order on one connection; the
-//! broker appends a connection's requests in arrival order, so same key
-//! (same partition) means same order.
+//! Ordering: records of one partition are appended to its batch in the order
+//! their `send` futures are first polled (when `max_in_flight_bytes` is
+//! exhausted, waiters are served FIFO), and batches of one partition are
+//! queued in order on one connection by the single flusher task; the broker
+//! appends a connection's requests in arrival order, so same key (same
+//! partition) means same order.
 //!
 //! Defaults: `linger` 1 ms (enough to fill batches under load, invisible next
 //! to an fsync), `batch_bytes` 256 KiB, `max_in_flight_bytes` 64 MiB.
 
 use crate::client::{finish_produce, Client, Route};
 use crate::conn::PendingResponse;
-use crate::types::ProduceAck;
 use crate::error::{Error, Result};
+use crate::types::ProduceAck;
 use coremq_wire::batch::record_encoded_len;
 use coremq_wire::{partition_for_key, BatchBuilder};
 use std::collections::HashMap;
@@ -223,7 +225,9 @@ struct Inner {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn now_ms() -> i64 {
@@ -333,12 +337,19 @@ impl Producer {
         }
         let length = record.encoded_len();
         let permits = length.min(inner.capacity_max);
-        inner
-            .capacity
-            .acquire_many(u32::try_from(permits).unwrap_or(u32::MAX))
-            .await
-            .map_err(|_| Error::Closed)?
-            .forget();
+        let wanted = u32::try_from(permits).unwrap_or(u32::MAX);
+        // try first: it never yields, so records sent from futures polled in
+        // order are enqueued in that order (an await could yield on tokio's
+        // cooperative budget and let later sends overtake).
+        match inner.capacity.try_acquire_many(wanted) {
+            Ok(permit) => permit.forget(),
+            Err(_) => inner
+                .capacity
+                .acquire_many(wanted)
+                .await
+                .map_err(|_| Error::Closed)?
+                .forget(),
+        }
         let known = lock(&inner.state).topics.contains_key(record.topic);
         if !known {
             let partitions = match inner.client.partitions_for(record.topic).await {
@@ -360,7 +371,15 @@ impl Producer {
         }
         let result = {
             let mut state = lock(&inner.state);
-            append(&mut state, &inner.config, record, length, permits, want_completion, seal_now)
+            append(
+                &mut state,
+                &inner.config,
+                record,
+                length,
+                permits,
+                want_completion,
+                seal_now,
+            )
         };
         match result {
             Ok((partition, index, completion, sealed)) => {
@@ -444,7 +463,12 @@ fn append(
     Ok((partition, index, completion, did_seal))
 }
 
-fn seal(topic: &Arc<str>, partition: u32, slot: &mut Option<OpenBatch>, sealed: &mut Vec<SealedBatch>) {
+fn seal(
+    topic: &Arc<str>,
+    partition: u32,
+    slot: &mut Option<OpenBatch>,
+    sealed: &mut Vec<SealedBatch>,
+) {
     if let Some(open) = slot.take() {
         if open.builder.is_empty() {
             return;
@@ -485,7 +509,14 @@ async fn flusher(inner: Arc<Inner>) {
         let closed = inner.closed.load(Ordering::Acquire);
         let (batches, next_due) = {
             let mut state = lock(&inner.state);
-            let next_due = seal_all(&mut state, if closed { None } else { Some(inner.config.linger) });
+            let next_due = seal_all(
+                &mut state,
+                if closed {
+                    None
+                } else {
+                    Some(inner.config.linger)
+                },
+            );
             (std::mem::take(&mut state.sealed), next_due)
         };
         if !batches.is_empty() {
