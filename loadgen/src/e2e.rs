@@ -1,0 +1,269 @@
+//! `e2e`: open-loop produce at a fixed `--rate`, consumers on every partition,
+//! latency from each message's INTENDED send time (stamped in its payload) to
+//! its arrival at a consumer. Sends follow the schedule whether or not
+//! earlier requests were acknowledged, so a stall shows up as latency instead
+//! of being hidden (no coordinated omission).
+
+use crate::args::E2eArgs;
+use crate::consume::offsets;
+use crate::payload::{read_stamp, Clock, Payloads};
+use crate::produce::{base_report, build_batch, ProduceSpec};
+use crate::report::new_histogram;
+use crate::setup::Session;
+use anyhow::Result;
+use coremq_client::{finish_produce, Client, FetchOptions, OffsetSpec};
+use coremq_wire::batch::records_from;
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub const DEFAULT_RATE: u64 = 100_000;
+/// Largest number of messages per request in e2e (smaller than produce's
+/// default: at a fixed rate, batches are what 1 ms of schedule brings).
+pub const DEFAULT_BATCH: usize = 500;
+/// Bound on requests awaiting acks per producer: memory safety only; the
+/// schedule (and so the measured latency) does not depend on it.
+const MAX_OUTSTANDING: usize = 4096;
+
+struct Counters {
+    acked: AtomicU64,
+    received: AtomicU64,
+    producing_done: AtomicBool,
+}
+
+pub async fn run(args: E2eArgs) -> Result<ExitCode> {
+    let common = &args.common;
+    let mut session = Session::open(common).await?;
+    let mut spec = ProduceSpec::from_common(common, session.partitions);
+    spec.batch = common.batch_or(DEFAULT_BATCH);
+    let rate = common.rate.unwrap_or(DEFAULT_RATE).max(1);
+    let duration = match (common.duration, common.messages) {
+        (Some(d), _) => d,
+        (None, Some(m)) => Duration::from_secs_f64(m as f64 / rate as f64),
+        (None, None) => crate::produce::DEFAULT_DURATION,
+    };
+    let clock = Clock::new();
+    let counters = Arc::new(Counters {
+        acked: AtomicU64::new(0),
+        received: AtomicU64::new(0),
+        producing_done: AtomicBool::new(false),
+    });
+    let starts = offsets(
+        &session.client,
+        &spec.topic,
+        session.partitions,
+        OffsetSpec::Latest,
+    )
+    .await?;
+    eprintln!(
+        "e2e: {rate} msg/s of {} B for {:.1} s over {} partitions, {} producers",
+        spec.msg_size,
+        duration.as_secs_f64(),
+        spec.partitions,
+        spec.producers
+    );
+    let consumers: Vec<_> = starts
+        .iter()
+        .enumerate()
+        .map(|(partition, &offset)| {
+            tokio::spawn(consumer(
+                session.client.clone(),
+                spec.topic.clone(),
+                partition as u32,
+                offset,
+                clock,
+                counters.clone(),
+                args.drain,
+            ))
+        })
+        .collect();
+    let start = Instant::now();
+    let producers: Vec<_> = (0..spec.producers)
+        .map(|id| {
+            tokio::spawn(producer(
+                session.client.clone(),
+                spec.clone(),
+                id,
+                rate as f64 / spec.producers as f64,
+                duration,
+                clock,
+                counters.clone(),
+            ))
+        })
+        .collect();
+    let mut report = base_report("e2e", common, &session, &spec);
+    let mut sent = 0;
+    for task in producers {
+        let (task_sent, errors) = task.await?;
+        sent += task_sent;
+        for error in errors {
+            report.note_error(error);
+        }
+    }
+    let produce_elapsed = start.elapsed();
+    counters.producing_done.store(true, Ordering::Release);
+    let mut histogram = new_histogram();
+    for task in consumers {
+        let (part, errors) = task.await?;
+        histogram.add(&part)?;
+        for error in errors {
+            report.note_error(error);
+        }
+    }
+    let acked = counters.acked.load(Ordering::Acquire);
+    let received = counters.received.load(Ordering::Acquire);
+    report.set_throughput(
+        received,
+        received * spec.msg_size as u64,
+        produce_elapsed.as_secs_f64(),
+    );
+    report.set_latency("intended send time -> consumed (open loop)", &histogram);
+    report.extra.insert("target_rate".into(), rate.into());
+    report.extra.insert("sent".into(), sent.into());
+    report.extra.insert("acked".into(), acked.into());
+    report.extra.insert("received".into(), received.into());
+    if received < acked {
+        report.note_error(format!(
+            "{} acknowledged messages were not consumed within the {:?} drain",
+            acked - received,
+            args.drain
+        ));
+    }
+    if session.broker_died() {
+        report.note_error("the broker died during the run");
+    } else {
+        report.add_broker_stats(&session.admin).await;
+    }
+    report.finish(common)
+}
+
+async fn producer(
+    client: Client,
+    spec: ProduceSpec,
+    id: usize,
+    rate: f64,
+    duration: Duration,
+    clock: Clock,
+    counters: Arc<Counters>,
+) -> (u64, Vec<String>) {
+    let mut errors = Vec::new();
+    let mut payloads = Payloads::new(spec.msg_size);
+    let start_ns = clock.now_ns();
+    let total = (duration.as_secs_f64() * rate).round() as u64;
+    let nanos_per_message = 1e9 / rate;
+    // Message i of this producer is due at start + i / rate.
+    let intended = move |i: u64| start_ns + (i as f64 * nanos_per_message) as u64;
+    let mut sent = 0u64;
+    let mut partition = id as u32 % spec.partitions;
+    let mut in_flight = FuturesUnordered::new();
+    let mut ticker = tokio::time::interval(Duration::from_millis(1));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    while sent < total || !in_flight.is_empty() {
+        tokio::select! {
+            _ = ticker.tick(), if sent < total && in_flight.len() < MAX_OUTSTANDING => {
+                let now = clock.now_ns();
+                let due = if now < start_ns {
+                    0
+                } else {
+                    (((now - start_ns) as f64 / nanos_per_message) as u64 + 1).min(total)
+                };
+                while sent < due && in_flight.len() < MAX_OUTSTANDING {
+                    let count = (due - sent).min(spec.batch as u64);
+                    // The sequence in the payload is the schedule index.
+                    let mut index = sent;
+                    let batch = build_batch(&mut payloads, &mut index, count, intended, None);
+                    sent += count;
+                    let this_partition = partition;
+                    partition = (partition + 1) % spec.partitions;
+                    let route = client.route_for(&spec.topic, this_partition);
+                    match client.start_produce(route, &[(&spec.topic, this_partition, &batch)]).await {
+                        Ok(pending) => in_flight.push(async move {
+                            (finish_produce(pending, 1).await, count)
+                        }),
+                        Err(error) => {
+                            errors.push(format!("produce: {error}"));
+                            if error.is_connection() {
+                                return (sent, errors);
+                            }
+                        }
+                    }
+                }
+            }
+            Some((result, count)) = in_flight.next(), if !in_flight.is_empty() => {
+                match result.and_then(|mut r| r.pop().unwrap_or(Err(coremq_client::Error::Protocol("no result".into())))) {
+                    Ok(_) => { counters.acked.fetch_add(count, Ordering::AcqRel); }
+                    Err(error) => {
+                        if errors.len() < 100 {
+                            errors.push(format!("produce: {error}"));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    (sent, errors)
+}
+
+async fn consumer(
+    client: Client,
+    topic: String,
+    partition: u32,
+    mut offset: u64,
+    clock: Clock,
+    counters: Arc<Counters>,
+    drain: Duration,
+) -> (Histogram<u64>, Vec<String>) {
+    let mut histogram = new_histogram();
+    let mut errors = Vec::new();
+    let options = FetchOptions {
+        max_bytes: 4 * 1024 * 1024,
+        max_wait: Duration::from_millis(50),
+        min_bytes: 1,
+    };
+    let mut drain_deadline: Option<Instant> = None;
+    loop {
+        if counters.producing_done.load(Ordering::Acquire) {
+            let deadline = *drain_deadline.get_or_insert_with(|| Instant::now() + drain);
+            let all_in =
+                counters.received.load(Ordering::Acquire) >= counters.acked.load(Ordering::Acquire);
+            if all_in || Instant::now() >= deadline {
+                break;
+            }
+        }
+        let fetched = match client.fetch(&topic, partition, offset, &options).await {
+            Ok(fetched) => fetched,
+            Err(error) => {
+                errors.push(format!("fetch {topic}/{partition}@{offset}: {error}"));
+                if error.is_connection() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let now = clock.now_ns();
+        let mut count = 0;
+        for record in records_from(&fetched.records, offset) {
+            match record {
+                Ok(record) => {
+                    if let Some((_, intended_ns)) = read_stamp(record.value) {
+                        let latency_us = now.saturating_sub(intended_ns) / 1000;
+                        let _ = histogram.record(latency_us.max(1));
+                    }
+                    offset = record.offset + 1;
+                    count += 1;
+                }
+                Err(error) => {
+                    errors.push(format!("{topic}/{partition}@{offset}: {error}"));
+                    return (histogram, errors);
+                }
+            }
+        }
+        counters.received.fetch_add(count, Ordering::AcqRel);
+    }
+    (histogram, errors)
+}
