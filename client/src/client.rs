@@ -219,7 +219,11 @@ impl Client {
                     (config.reconnect_backoff_min * factor).min(config.reconnect_backoff_max);
                 backoff.failures += 1;
                 backoff.next_attempt = Some(Instant::now() + wait);
-                tracing::warn!(%addr, ?route, %error, ?wait, "connect failed");
+                if previous.is_some() {
+                    tracing::warn!(%addr, ?route, %error, ?wait, "reconnect failed");
+                } else {
+                    tracing::debug!(%addr, ?route, %error, ?wait, "connect failed");
+                }
                 Err(error)
             }
         }

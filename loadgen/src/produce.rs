@@ -131,8 +131,10 @@ pub async fn run(args: ProduceArgs) -> Result<ExitCode> {
                 ""
             }
         );
-        if let Some(broker) = session.broker.as_mut().filter(|b| !b.is_running()) {
-            eprintln!("the spawned broker's log ends with:\n{}", broker.log_tail());
+        if let Some(broker) = session.broker.as_mut() {
+            if !broker.is_running() {
+                eprintln!("the spawned broker's log ends with:\n{}", broker.log_tail());
+            }
         }
     } else {
         report.add_broker_stats(&session.admin).await;
