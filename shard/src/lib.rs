@@ -1,8 +1,54 @@
-//! coremq-shard: everything one CPU core owns.
+//! coremq-shard: everything one CPU core owns — today, its storage.
 //!
-//! SKELETON: the public API the broker builds on. Bodies are filled in by the storage work.
+//! **What it owns.** One commit log per shard (fixed-size, pre-allocated
+//! O_DIRECT segment files shared by every partition the shard owns), one
+//! in-memory index per owned partition (checkpointed to `index/`), the whole
+//! topic catalog (every shard keeps all of it, but creates partition state
+//! only for partitions with `shard_for(topic, p, shard_count) == shard`),
+//! a cache of recently written blocks, recovery and retention.
+//!
+//! **Which thread runs it.** The shard's own glommio `LocalExecutor`:
+//! [`ShardStorage`] is `!Send`, shared as `Rc` by that shard's tasks. Nothing
+//! here blocks the thread after start-up (start-up lists directories and
+//! writes one probe file with `std::fs`).
+//!
+//! **Invariants.**
+//! - An append is acknowledged only after the write (and, for `always`
+//!   topics, the fdatasync) that covers it; readers see exactly the
+//!   acknowledgeable prefix of each partition (the high watermark moves after
+//!   the covering flush completes).
+//! - Every entry in the log carries a header CRC chained to its predecessor,
+//!   and every batch its own CRC; both are checked before a batch is written,
+//!   again when it is read from disk, and by recovery, which keeps exactly
+//!   the longest valid, chained prefix of the log. A batch that fails is never
+//!   served.
+//! - Positions only move forward: `durable <= written <= end`. A failed flush
+//!   moves nothing; its bytes stay queued and a later flush retries them.
+//!
+//! **Layout.** [`disk`] (the I/O trait: glommio DMA files or the
+//! fault-injecting memory disk), [`commitlog`] (entry format, segments,
+//! writer, cache), [`index`] (partition index, checkpoints), [`catalog`],
+//! `recovery`, [`retention`], [`clock`], [`engine`] (the generic engine),
+//! [`storage`] (the non-generic facade the broker uses). On-disk format:
+//! `docs/storage.md`.
 
+#![forbid(unsafe_code)]
+
+pub mod catalog;
+pub mod clock;
+mod codec;
+pub mod commitlog;
+pub mod disk;
+pub mod engine;
+pub mod index;
+mod recovery;
+pub mod retention;
+pub mod storage;
 pub mod types;
+
+pub use codec::BLOCK_BYTES;
+pub use engine::Engine;
+pub use storage::{ShardStorage, StorageError, StorageMetrics};
 pub use types::*;
 
 use std::path::PathBuf;
@@ -27,5 +73,19 @@ pub struct StorageConfig {
     pub default_durability: Durability,
 }
 
-pub mod storage;
-pub use storage::{ShardStorage, StorageError, StorageMetrics};
+impl StorageConfig {
+    /// Defaults: 1 GiB segments, 64 MiB read cache, 16 MiB batches,
+    /// a checkpoint every 10 s, `always` durability.
+    pub fn new(shard: ShardId, shard_count: u16, dir: PathBuf) -> Self {
+        StorageConfig {
+            shard,
+            shard_count,
+            dir,
+            segment_bytes: 1 << 30,
+            read_cache_bytes: 64 << 20,
+            max_batch_bytes: 16 << 20,
+            checkpoint_interval: Duration::from_secs(10),
+            default_durability: Durability::Always,
+        }
+    }
+}

@@ -24,20 +24,15 @@ impl fmt::Display for ShardId {
 }
 
 /// When an append is acknowledged, per topic.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Durability {
     /// Ack after the data is written and fdatasync'd (group commit).
+    #[default]
     Always,
     /// Ack after the write; fdatasync on a timer.
     Interval(Duration),
     /// Ack after the write; the OS decides when it reaches the platter.
     Never,
-}
-
-impl Default for Durability {
-    fn default() -> Self {
-        Durability::Always
-    }
 }
 
 impl fmt::Display for Durability {
@@ -60,7 +55,9 @@ impl FromStr for Durability {
             "never" => Ok(Durability::Never),
             _ => match s.strip_prefix("interval:").map(str::parse::<u64>) {
                 Some(Ok(ms)) if ms > 0 => Ok(Durability::Interval(Duration::from_millis(ms))),
-                _ => Err(format!("invalid durability '{s}': expected always, interval:<ms> (ms > 0) or never")),
+                _ => Err(format!(
+                    "invalid durability '{s}': expected always, interval:<ms> (ms > 0) or never"
+                )),
             },
         }
     }
@@ -81,10 +78,18 @@ pub struct TopicConfig {
 /// Topic names: 1..=200 bytes of `[A-Za-z0-9._-]`.
 pub fn validate_topic_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 200 {
-        return Err(format!("topic name must be 1..=200 bytes, got {}", name.len()));
+        return Err(format!(
+            "topic name must be 1..=200 bytes, got {}",
+            name.len()
+        ));
     }
-    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-') {
-        return Err(format!("topic name '{name}' may only hold letters, digits, '.', '_' and '-'"));
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+    {
+        return Err(format!(
+            "topic name '{name}' may only hold letters, digits, '.', '_' and '-'"
+        ));
     }
     Ok(())
 }

@@ -1,0 +1,159 @@
+//! One flush: write every pending chunk (one aligned write each), then
+//! fdatasync the touched segment files if any pending append needs it.
+//! Only the holder of `flush_lock` runs this.
+
+use super::{Engine, Failure};
+use crate::clock::Clock;
+use crate::commitlog::writer::SealedChunk;
+use crate::disk::{Disk, DiskFile, IoBuffer};
+use crate::storage::StorageError;
+use std::io;
+use std::time::Instant;
+
+impl<D: Disk, C: Clock> Engine<D, C> {
+    /// Writes everything pending; syncs if `force_sync` or an append needs
+    /// it. On failure nothing moves: the chunks go back to be retried and
+    /// the failure is recorded for the appends it covered.
+    pub(crate) async fn flush_locked(&self, force_sync: bool) -> Result<(), StorageError> {
+        let (pending, want_sync, attempt) = {
+            let mut state = self.state()?;
+            let durable = state.writer.durable_end();
+            let want_sync =
+                (force_sync || state.sync_needed_end > durable) && durable < state.writer.end();
+            if !state.writer.has_unwritten() && !want_sync {
+                return Ok(());
+            }
+            state.flush_attempts += 1;
+            let pending = state.writer.take_pending();
+            (pending, want_sync, state.flush_attempts)
+        };
+        let mut bytes = 0u64;
+        for chunk in &pending.chunks {
+            if let Err((op, path, error)) = self.write_chunk(chunk).await {
+                let mut state = self.state()?;
+                state.writer.restore(pending.chunks);
+                return Err(self.record_failure(&mut state.failure, attempt, op, path, error));
+            }
+            bytes += chunk.data.as_bytes().len() as u64;
+        }
+        {
+            let mut guard = self.state()?;
+            let state = &mut *guard;
+            state.writer.mark_written(pending.target_end);
+            for chunk in pending.chunks {
+                if !state
+                    .dirty_files
+                    .iter()
+                    .any(|(base, _)| *base == chunk.segment_base)
+                {
+                    state
+                        .dirty_files
+                        .push((chunk.segment_base, chunk.file.clone()));
+                }
+                state
+                    .cache
+                    .insert(chunk.start, chunk.len, chunk.cost, chunk.data);
+            }
+            if !want_sync {
+                state.failure = None;
+            }
+        }
+        let m = &self.metrics;
+        m.flushes.set(m.flushes.get() + 1);
+        m.flush_bytes.set(m.flush_bytes.get() + bytes);
+        self.appended.notify(usize::MAX);
+        if !want_sync {
+            return Ok(());
+        }
+        let files = std::mem::take(&mut self.state()?.dirty_files);
+        for (i, (base, file)) in files.iter().enumerate() {
+            let started = Instant::now();
+            let synced = file.sync().await;
+            let micros = started.elapsed().as_micros() as u64;
+            let _ = self.metrics.fsync_us.borrow_mut().record(micros.max(1));
+            if let Err(error) = synced {
+                let mut state = self.state()?;
+                for (base, file) in &files[i..] {
+                    if !state.dirty_files.iter().any(|(b, _)| b == base) {
+                        state.dirty_files.push((*base, file.clone()));
+                    }
+                }
+                let path = self.segment_path(*base);
+                return Err(self.record_failure(
+                    &mut state.failure,
+                    attempt,
+                    "syncing",
+                    path,
+                    error,
+                ));
+            }
+        }
+        {
+            let mut state = self.state()?;
+            state
+                .writer
+                .mark_durable(pending.target_end, pending.target_chain);
+            if state.writer.durable_end() >= state.interval_needed_end {
+                state.interval_due_ms = None;
+            }
+            state.failure = None;
+        }
+        self.appended.notify(usize::MAX);
+        Ok(())
+    }
+
+    async fn write_chunk(
+        &self,
+        chunk: &SealedChunk<D::File>,
+    ) -> Result<(), (&'static str, String, io::Error)> {
+        let data = chunk.data.as_bytes();
+        // Pair assertion: the padding the sealer zeroed is still zero.
+        assert!(
+            data[chunk.len..].iter().all(|b| *b == 0),
+            "write padding is not zero"
+        );
+        let expected = data.len();
+        let written = chunk
+            .file
+            .write_at(chunk.data.clone(), chunk.file_position())
+            .await
+            .map_err(|e| ("writing", self.segment_path(chunk.segment_base), e))?;
+        if written != expected {
+            let error = io::Error::new(
+                io::ErrorKind::WriteZero,
+                format!("short write: {written} of {expected} bytes"),
+            );
+            return Err(("writing", self.segment_path(chunk.segment_base), error));
+        }
+        Ok(())
+    }
+
+    fn record_failure(
+        &self,
+        slot: &mut Option<Failure>,
+        attempt: u64,
+        op: &'static str,
+        path: String,
+        error: io::Error,
+    ) -> StorageError {
+        tracing::error!(shard = self.config.shard.0, op, path = %path, %error, "log flush failed; appends not acknowledged");
+        let failure = Failure {
+            attempt,
+            op,
+            path,
+            raw_os_error: error.raw_os_error(),
+            kind: error.kind(),
+            message: error.to_string(),
+        };
+        let result = failure.to_error();
+        *slot = Some(failure);
+        result
+    }
+
+    pub(crate) fn segment_path(&self, base: u64) -> String {
+        self.log_dir
+            .join(crate::commitlog::segments::segment_file_name(base))
+            .display()
+            .to_string()
+    }
+}

@@ -1,0 +1,289 @@
+//! Periodic work (the broker calls `maintenance` about every 100 ms):
+//! interval fdatasyncs, creating the next segment ahead of the writer,
+//! retention, index checkpoints. And `close`.
+
+use super::{Engine, State};
+use crate::clock::Clock;
+use crate::commitlog::segments::Segment;
+use crate::disk::{close_shared, Disk, DiskFile, IoBuffer};
+use crate::engine::io_error;
+use crate::index::checkpoint::{CheckpointEncoder, CHECKPOINT_FILE, CHECKPOINT_TMP_FILE};
+use crate::retention::{retention_cut, PartitionView};
+use crate::storage::StorageError;
+use std::rc::Rc;
+
+impl<D: Disk, C: Clock> Engine<D, C> {
+    /// fdatasync for `interval` topics that are due, retention, next segment,
+    /// index checkpoint.
+    pub async fn maintenance(&self) -> Result<(), StorageError> {
+        let now = self.clock.now_ms();
+        let sync_due = self.state()?.interval_due_ms.is_some_and(|due| due <= now);
+        if sync_due {
+            let _flush = self.flush_lock.lock().await;
+            self.flush_locked(true).await?;
+        }
+        self.prepare_next_segment().await?;
+        if !self.apply_retention(now).await? {
+            let due = {
+                let state = self.state()?;
+                now - state.last_checkpoint_ms >= self.config.checkpoint_interval.as_millis() as i64
+                    && state.writer.end() > state.checkpointed_position
+            };
+            if due {
+                let _catalog = self.catalog_lock.lock().await;
+                self.checkpoint_locked().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes an index checkpoint now (flushing and syncing first).
+    pub async fn checkpoint(&self) -> Result<(), StorageError> {
+        let _catalog = self.catalog_lock.lock().await;
+        self.checkpoint_locked().await
+    }
+
+    /// Creates the next segment once the current one is half full, so the
+    /// roll itself does no file-system work.
+    async fn prepare_next_segment(&self) -> Result<(), StorageError> {
+        let base = {
+            let state = self.state()?;
+            let w = &state.writer;
+            let half = (w.segment_end() - w.segment_base()) / 2;
+            if state.prepared.is_some() || w.room() > half {
+                return Ok(());
+            }
+            w.segment_end()
+        };
+        let _roll = self.roll_lock.lock().await;
+        if self.state()?.writer.segment_end() != base {
+            return Ok(());
+        }
+        let segment = self.create_segment(base, self.config.segment_bytes).await?;
+        self.state()?.prepared = Some(segment);
+        Ok(())
+    }
+
+    /// Deletes whole segments past retention. Returns whether it wrote a
+    /// checkpoint.
+    async fn apply_retention(&self, now: i64) -> Result<bool, StorageError> {
+        let cut = {
+            let state = self.state()?;
+            retention_cut_of(&state, now)
+        };
+        let Some(cut) = cut else {
+            return Ok(false);
+        };
+        let _catalog = self.catalog_lock.lock().await;
+        {
+            let mut guard = self.state()?;
+            let state = &mut *guard;
+            // The catalog may have changed while we waited for the lock.
+            if retention_cut_of(state, now).is_none_or(|c| c < cut) {
+                return Ok(false);
+            }
+            for p in state.partitions.values_mut() {
+                let n = p.index.count_before(cut);
+                p.index.drop_first(n);
+                p.log_start_offset = p.index.first().map_or(p.next_offset, |e| e.base_offset);
+            }
+            let removed = state.segments.remove_before(cut);
+            state.cache.drop_before(cut);
+            tracing::info!(
+                shard = self.config.shard.0,
+                segments = removed.len(),
+                cut,
+                "retention drops old segments"
+            );
+            state.doomed.extend(removed);
+        }
+        // Checkpoint first, so recovery never needs a deleted segment.
+        self.checkpoint_locked().await?;
+        Ok(true)
+    }
+
+    /// Caller holds `catalog_lock`. Flushes and syncs, records the index as
+    /// of the durable end, then deletes segments retention gave up.
+    pub(crate) async fn checkpoint_locked(&self) -> Result<(), StorageError> {
+        {
+            let _flush = self.flush_lock.lock().await;
+            self.flush_locked(true).await?;
+        }
+        let (image, position) = {
+            let state = self.state()?;
+            (checkpoint_image(&state), state.writer.durable_end())
+        };
+        self.write_checkpoint_file(&image).await?;
+        let doomed = {
+            let mut state = self.state()?;
+            state.last_checkpoint_ms = self.clock.now_ms();
+            state.checkpointed_position = position;
+            std::mem::take(&mut state.doomed)
+        };
+        if !doomed.is_empty() {
+            self.delete_segments(doomed).await?;
+        }
+        Ok(())
+    }
+
+    async fn write_checkpoint_file(&self, image: &[u8]) -> Result<(), StorageError> {
+        let tmp = self.index_dir.join(CHECKPOINT_TMP_FILE);
+        let path = self.index_dir.join(CHECKPOINT_FILE);
+        let shown = path.display().to_string();
+        let file = self
+            .disk
+            .create(&tmp)
+            .await
+            .map_err(|e| io_error("creating", &shown, e))?;
+        let written = async {
+            let mut buffer = file.alloc_buffer(image.len());
+            buffer.as_bytes_mut().copy_from_slice(image);
+            let n = file
+                .write_at(Rc::new(buffer), 0)
+                .await
+                .map_err(|e| io_error("writing", &shown, e))?;
+            if n != image.len() {
+                let e =
+                    std::io::Error::new(std::io::ErrorKind::WriteZero, "short checkpoint write");
+                return Err(io_error("writing", &shown, e));
+            }
+            file.sync()
+                .await
+                .map_err(|e| io_error("syncing", &shown, e))?;
+            file.rename(&path)
+                .await
+                .map_err(|e| io_error("renaming", &shown, e))
+        }
+        .await;
+        let closed = file.close().await;
+        written?;
+        closed.map_err(|e| io_error("closing", &shown, e))?;
+        self.disk
+            .sync_dir(&self.index_dir)
+            .await
+            .map_err(|e| io_error("syncing directory of", &shown, e))
+    }
+
+    async fn delete_segments(&self, segments: Vec<Segment<D::File>>) -> Result<(), StorageError> {
+        for segment in segments {
+            let path = self.segment_path(segment.base);
+            segment
+                .file
+                .remove()
+                .await
+                .map_err(|e| io_error("removing", &path, e))?;
+            close_shared(segment.file)
+                .await
+                .map_err(|e| io_error("closing", &path, e))?;
+        }
+        let shown = self.log_dir.display().to_string();
+        self.disk
+            .sync_dir(&self.log_dir)
+            .await
+            .map_err(|e| io_error("syncing directory", &shown, e))
+    }
+
+    /// Flushes and syncs everything, writes a checkpoint, closes files.
+    /// Later calls fail with `Closed`; a second close is a no-op.
+    pub async fn close(&self) -> Result<(), StorageError> {
+        let _catalog = self.catalog_lock.lock().await;
+        if self.state().is_err() {
+            return Ok(());
+        }
+        self.checkpoint_locked().await?;
+        let _roll = self.roll_lock.lock().await;
+        let _flush = self.flush_lock.lock().await;
+        self.flush_locked(true).await?;
+        let Some(state) = self.state.borrow_mut().take() else {
+            return Ok(());
+        };
+        self.closed_durable_end.set(state.writer.durable_end());
+        let State {
+            segments,
+            writer,
+            cache,
+            dirty_files,
+            prepared,
+            doomed,
+            ..
+        } = state;
+        drop((writer, cache, dirty_files));
+        let files = segments
+            .iter()
+            .cloned()
+            .chain(prepared)
+            .chain(doomed)
+            .collect::<Vec<_>>();
+        drop(segments);
+        for segment in files {
+            let path = self.segment_path(segment.base);
+            close_shared(segment.file)
+                .await
+                .map_err(|e| io_error("closing", &path, e))?;
+        }
+        self.appended.notify(usize::MAX);
+        tracing::info!(shard = self.config.shard.0, "storage closed");
+        Ok(())
+    }
+}
+
+fn retention_cut_of<F: DiskFile>(state: &State<F>, now: i64) -> Option<u64> {
+    // Never the segment being written, nor data still waiting for its flush.
+    let limit = state.writer.segment_base().min(state.writer.durable_end());
+    let ends: Vec<u64> = state
+        .segments
+        .iter()
+        .filter(|s| s.end() <= limit)
+        .map(|s| s.end())
+        .collect();
+    if ends.is_empty() {
+        return None;
+    }
+    let views: Vec<PartitionView<'_>> = state
+        .partitions
+        .values()
+        .map(|p| {
+            let topic = state.catalog.by_id(p.topic_id).map(|t| &t.config);
+            PartitionView {
+                index: &p.index,
+                retention_ms: topic.and_then(|t| t.retention_ms),
+                retention_bytes: topic.and_then(|t| t.retention_bytes),
+            }
+        })
+        .collect();
+    retention_cut(&ends, &views, now)
+}
+
+/// The checkpoint image as of the durable end.
+fn checkpoint_image<F: DiskFile>(state: &State<F>) -> Vec<u8> {
+    let position = state.writer.durable_end();
+    let first_segment_base = state.segments.first().map_or(0, |s| s.base);
+    let mut e = CheckpointEncoder::new(
+        position,
+        state.writer.durable_chain(),
+        first_segment_base,
+        state.catalog.next_topic_id(),
+    );
+    let mut topics: Vec<_> = state.catalog.topics().collect();
+    topics.sort_by_key(|t| t.id);
+    e.topics(topics.into_iter());
+    let mut keys: Vec<_> = state.partitions.keys().copied().collect();
+    keys.sort_unstable();
+    e.partition_count(keys.len());
+    for key in keys {
+        let p = &state.partitions[&key];
+        let covered = p.index.visible_len(position);
+        let next_offset = p
+            .index
+            .get(covered)
+            .map_or(p.next_offset, |e| e.base_offset);
+        e.partition(
+            p.topic_id,
+            p.partition,
+            p.log_start_offset,
+            next_offset,
+            p.index.iter().take(covered),
+        );
+    }
+    e.finish()
+}

@@ -1,0 +1,161 @@
+//! Reading one segment forward, entry by entry, through large aligned reads.
+
+use super::Tables;
+use crate::codec::{align_down, align_up};
+use crate::commitlog::entry::{parse_entry, EntryEnd, Parsed, ENTRY_HEADER_LEN};
+use crate::commitlog::segments::{segment_file_name, Segment};
+use crate::disk::DiskFile;
+use crate::engine::io_error;
+use crate::storage::StorageError;
+use crate::StorageConfig;
+
+const WINDOW_BYTES: u64 = 1 << 20;
+
+pub(super) enum ScanEnd {
+    /// Unwritten space or the end of the segment.
+    Clean,
+    /// Something that is not a valid continuation of the log.
+    Torn(&'static str),
+}
+
+pub(super) struct ScanOutcome {
+    pub end: u64,
+    pub reason: ScanEnd,
+}
+
+/// A window of the segment file, starting at a block boundary.
+struct Window {
+    start: u64,
+    bytes: Vec<u8>,
+}
+
+impl Window {
+    fn covers(&self, at: u64, len: u64) -> bool {
+        at >= self.start && at + len <= self.start + self.bytes.len() as u64
+    }
+}
+
+async fn fill<F: DiskFile>(
+    segment: &Segment<F>,
+    at: u64,
+    need: u64,
+) -> Result<Window, StorageError> {
+    let start = align_down(at);
+    let want = align_up(at - start + need).max(WINDOW_BYTES);
+    let len = want.min(segment.size - start);
+    let bytes = segment
+        .file
+        .read_at(start, len as usize)
+        .await
+        .map_err(|e| io_error("reading", &segment_file_name(segment.base), e))?;
+    Ok(Window {
+        start,
+        bytes: bytes.to_vec(),
+    })
+}
+
+/// The entry at file offset `at`, read through `window`.
+async fn entry_at<F: DiskFile>(
+    segment: &Segment<F>,
+    window: &mut Option<Window>,
+    at: u64,
+) -> Result<Parsed, StorageError> {
+    let room = segment.size - at;
+    if room < ENTRY_HEADER_LEN as u64 {
+        return Ok(Parsed::End(EntryEnd::SegmentFull));
+    }
+    let mut need = (ENTRY_HEADER_LEN as u64).min(room);
+    loop {
+        if !window.as_ref().is_some_and(|w| w.covers(at, need)) {
+            let w = fill(segment, at, need).await?;
+            if !w.covers(at, need) {
+                return Ok(Parsed::End(EntryEnd::BadLength)); // The file is shorter than its size.
+            }
+            *window = Some(w);
+        }
+        let w = window.as_ref().expect("filled above");
+        let from = (at - w.start) as usize;
+        match parse_entry(&w.bytes[from..], room) {
+            Parsed::Incomplete { need: more } if (more as u64) > need => need = more as u64,
+            Parsed::Incomplete { .. } => return Ok(Parsed::End(EntryEnd::BadLength)),
+            parsed => return Ok(parsed),
+        }
+    }
+}
+
+/// Applies every valid, chained entry from global position `from` on.
+pub(super) async fn scan_segment<F: DiskFile>(
+    segment: &Segment<F>,
+    from: u64,
+    chain: &mut Option<u32>,
+    tables: &mut Tables,
+    config: &StorageConfig,
+) -> Result<ScanOutcome, StorageError> {
+    let mut window = None;
+    let mut position = from;
+    loop {
+        let at = position - segment.base;
+        let header = match entry_at(segment, &mut window, at).await? {
+            Parsed::Entry(header) => header,
+            Parsed::End(EntryEnd::SegmentFull | EntryEnd::Zero) => {
+                return Ok(ScanOutcome {
+                    end: position,
+                    reason: ScanEnd::Clean,
+                })
+            }
+            Parsed::End(other) => {
+                return Ok(ScanOutcome {
+                    end: position,
+                    reason: ScanEnd::Torn(end_reason(other)),
+                })
+            }
+            Parsed::Incomplete { .. } => unreachable!("entry_at resolves incomplete reads"),
+        };
+        if chain.is_some_and(|c| c != header.prev_crc) {
+            return Ok(ScanOutcome {
+                end: position,
+                reason: ScanEnd::Torn("entry does not chain to its predecessor"),
+            });
+        }
+        let w = window.as_ref().expect("entry_at filled it");
+        let from = (at - w.start) as usize;
+        let entry = &w.bytes[from..from + header.length as usize];
+        if let Err(reason) = tables.apply(&header, entry, position, config) {
+            tracing::error!(
+                segment = segment.base,
+                position,
+                reason,
+                "valid entry breaks the log's invariants; the log ends before it"
+            );
+            return Ok(ScanOutcome {
+                end: position,
+                reason: ScanEnd::Torn(reason),
+            });
+        }
+        *chain = Some(header.crc);
+        position += header.length as u64;
+    }
+}
+
+/// Does the segment's first entry continue the chain?
+pub(super) async fn first_entry_chains<F: DiskFile>(
+    segment: &Segment<F>,
+    chain: Option<u32>,
+) -> Result<bool, StorageError> {
+    let mut window = None;
+    Ok(match entry_at(segment, &mut window, 0).await? {
+        Parsed::Entry(header) => chain.is_none_or(|c| c == header.prev_crc),
+        _ => false,
+    })
+}
+
+fn end_reason(end: EntryEnd) -> &'static str {
+    match end {
+        EntryEnd::SegmentFull | EntryEnd::Zero => "end of data",
+        EntryEnd::BadMagic => "bad entry magic",
+        EntryEnd::BadLength => "entry length past the segment or file",
+        EntryEnd::BadKind => "bad entry kind or version",
+        EntryEnd::BadCrc => "entry header crc mismatch",
+        EntryEnd::BadBatch => "batch fails verification",
+    }
+}
