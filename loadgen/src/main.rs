@@ -11,6 +11,7 @@ mod args;
 mod broker;
 mod consume;
 mod e2e;
+mod malloc;
 mod payload;
 mod produce;
 mod quickstart;
@@ -24,6 +25,7 @@ use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    malloc::keep_freed_memory();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
