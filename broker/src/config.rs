@@ -159,7 +159,7 @@ impl BrokerConfig {
             )));
         }
         let segment_bytes = args.segment_bytes.or(file.segment_bytes).unwrap_or(1 << 30);
-        if segment_bytes < 1 << 20 || segment_bytes % 4096 != 0 {
+        if segment_bytes < 1 << 20 || !segment_bytes.is_multiple_of(4096) {
             return Err(ConfigError::Invalid(format!(
                 "--segment-bytes must be a multiple of 4096 and at least 1 MiB, got {segment_bytes}"
             )));

@@ -31,10 +31,6 @@ impl Response {
             Body::from_vec(error_response(error.code, &error.message)),
         )
     }
-
-    pub fn len(&self) -> usize {
-        FRAME_HEADER_LEN + self.body.bytes().len()
-    }
 }
 
 pub async fn dispatch(

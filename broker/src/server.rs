@@ -225,16 +225,15 @@ async fn shard_main(
         tracing::error!(shard, %reason, "shard failed to start");
         let _ = ready.send(Err(StartError::Shard { shard, reason }));
     };
-    let storage_config = StorageConfig {
-        shard: ShardId(shard),
-        shard_count: config.shards,
-        dir: config.data_dir.join(format!("shard-{shard}")),
-        segment_bytes: config.segment_bytes,
-        read_cache_bytes: config.read_cache_bytes,
-        max_batch_bytes: config.max_batch_bytes,
-        checkpoint_interval: Duration::from_secs(10),
-        default_durability: config.default_durability,
-    };
+    let mut storage_config = StorageConfig::new(
+        ShardId(shard),
+        config.shards,
+        config.data_dir.join(format!("shard-{shard}")),
+    );
+    storage_config.segment_bytes = config.segment_bytes;
+    storage_config.read_cache_bytes = config.read_cache_bytes;
+    storage_config.max_batch_bytes = config.max_batch_bytes;
+    storage_config.default_durability = config.default_durability;
     let storage = match ShardStorage::open(storage_config).await {
         Ok(storage) => storage,
         Err(error) => return fail(format!("cannot open storage: {error}")),

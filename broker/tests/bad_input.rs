@@ -27,11 +27,17 @@ fn assert_healthy(broker: &mut Broker) {
 fn garbage_bytes_close_the_connection() {
     let (mut broker, _) = setup();
     let mut conn = broker.connect();
-    conn.send_raw(&[0xde, 0xad, 0xbe, 0xef, 0x01, 0x02, 0x03, 0x04, 0, 0, 0, 0, 0, 0, 0, 0]).unwrap();
+    conn.send_raw(&[
+        0xde, 0xad, 0xbe, 0xef, 0x01, 0x02, 0x03, 0x04, 0, 0, 0, 0, 0, 0, 0, 0,
+    ])
+    .unwrap();
     // 0xefbeadde bytes announced: over the limit, so TooLarge, then close.
     let frame = conn.recv().expect("error frame before close");
     assert_eq!(frame.error().unwrap().0, ErrorCode::TooLarge);
-    assert!(conn.recv().is_none(), "connection should be closed after garbage");
+    assert!(
+        conn.recv().is_none(),
+        "connection should be closed after garbage"
+    );
     assert_healthy(&mut broker);
 }
 
@@ -54,7 +60,8 @@ fn oversized_frame_is_refused_without_reading_it() {
     let (mut broker, _) = setup();
     let mut conn = broker.connect();
     // Header announces 100 MiB (the test broker allows 4 MiB).
-    conn.send_raw(&encode_header(Kind::Produce.request(), 5, 100 << 20)).unwrap();
+    conn.send_raw(&encode_header(Kind::Produce.request(), 5, 100 << 20))
+        .unwrap();
     let response = conn.recv().expect("error frame");
     assert_eq!(response.correlation_id, 5);
     assert_eq!(response.error().unwrap().0, ErrorCode::TooLarge);
@@ -86,17 +93,32 @@ fn invalid_bodies_unknown_kinds_topics_and_partitions() {
     // Unknown kind.
     let id = conn.send(0x0777, &[]);
     let frame = conn.recv().unwrap();
-    assert_eq!((frame.correlation_id, frame.error().unwrap().0), (id, ErrorCode::UnknownKind));
+    assert_eq!(
+        (frame.correlation_id, frame.error().unwrap().0),
+        (id, ErrorCode::UnknownKind)
+    );
     // Unknown topic and partition.
-    assert_eq!(conn.produce("nope", 0, &batch("x", 1)).0, ErrorCode::UnknownTopic);
-    assert_eq!(conn.produce("t", 9, &batch("x", 1)).0, ErrorCode::UnknownPartition);
+    assert_eq!(
+        conn.produce("nope", 0, &batch("x", 1)).0,
+        ErrorCode::UnknownTopic
+    );
+    assert_eq!(
+        conn.produce("t", 9, &batch("x", 1)).0,
+        ErrorCode::UnknownPartition
+    );
     assert_eq!(conn.fetch("nope", 0, 0, 0).0, ErrorCode::UnknownTopic);
     // Offset past the end.
     assert_eq!(conn.fetch("t", 0, 1000, 0).0, ErrorCode::OffsetOutOfRange);
     // Bad topic names and configs.
-    assert_eq!(conn.create_topic("a/b", 1, None), ErrorCode::InvalidTopicName);
+    assert_eq!(
+        conn.create_topic("a/b", 1, None),
+        ErrorCode::InvalidTopicName
+    );
     assert_eq!(conn.create_topic("zero", 0, None), ErrorCode::InvalidConfig);
-    assert_eq!(conn.create_topic("d", 1, Some("sometimes")), ErrorCode::InvalidConfig);
+    assert_eq!(
+        conn.create_topic("d", 1, Some("sometimes")),
+        ErrorCode::InvalidConfig
+    );
     // The connection still works after all of that.
     assert_eq!(conn.metadata().0, 2);
     assert_healthy(&mut broker);
@@ -111,7 +133,10 @@ fn corrupt_and_oversized_batches_store_nothing() {
     assert_eq!(conn.produce("t", 0, &bad).0, ErrorCode::CorruptBatch);
     // Truncated batch.
     let good = batch("good", 3);
-    assert_eq!(conn.produce("t", 0, &good[..good.len() - 5]).0, ErrorCode::CorruptBatch);
+    assert_eq!(
+        conn.produce("t", 0, &good[..good.len() - 5]).0,
+        ErrorCode::CorruptBatch
+    );
     // A good batch followed by a corrupt one in the same entry: all or nothing.
     let mut pair = good.clone();
     pair.extend_from_slice(&bad);
@@ -120,7 +145,9 @@ fn corrupt_and_oversized_batches_store_nothing() {
     assert_eq!(conn.produce("t", 0, &[]).0, ErrorCode::CorruptBatch);
     // Over --max-batch-bytes (1 MiB in tests) but under the frame limit.
     let mut builder = coremq_wire::BatchBuilder::with_capacity(2 << 20);
-    builder.push(0, None, &vec![7u8; (1 << 20) + 100], &[]).unwrap();
+    builder
+        .push(0, None, &vec![7u8; (1 << 20) + 100], &[])
+        .unwrap();
     let huge = builder.finish();
     assert_eq!(conn.produce("t", 0, &huge).0, ErrorCode::TooLarge);
     assert_healthy(&mut broker);
@@ -133,8 +160,14 @@ fn client_disconnecting_mid_request_does_not_hurt_others() {
     let (mut broker, _) = setup();
     for _ in 0..20 {
         let mut conn = broker.connect();
-        conn.send(Kind::Produce.request(), &produce_body(&[("t", 1, &batch("gone", 50))]));
-        conn.send(Kind::Fetch.request(), &fetch_body("t", 1, 0, 1 << 20, 5_000));
+        conn.send(
+            Kind::Produce.request(),
+            &produce_body(&[("t", 1, &batch("gone", 50))]),
+        );
+        conn.send(
+            Kind::Fetch.request(),
+            &fetch_body("t", 1, 0, 1 << 20, 5_000),
+        );
         drop(conn);
     }
     assert_healthy(&mut broker);

@@ -14,30 +14,41 @@ fn kill_9_under_load_loses_no_acknowledged_record() {
     assert_eq!(admin.create_topic("durable", 4, None), ErrorCode::None);
 
     // Several connections produce with requests in flight; record every ack.
-    let addresses: Vec<_> = (0..4).map(|p| broker.shard_address(coremq_wire::shard_for("durable", p, 2))).collect();
+    let addresses: Vec<_> = (0..4)
+        .map(|p| broker.shard_address(coremq_wire::shard_for("durable", p, 2)))
+        .collect();
     let writers: Vec<_> = (0..4u32)
         .map(|partition| {
             let address = addresses[partition as usize];
             std::thread::spawn(move || {
                 let mut conn = Conn::connect(address);
                 let mut acked: Vec<(u64, Vec<u8>)> = Vec::new();
-                let mut in_flight = std::collections::VecDeque::new();
+                // Responses may come back out of order: match them by correlation id.
+                let mut in_flight = std::collections::HashMap::new();
                 for i in 0..100_000u32 {
-                    let values: Vec<String> = (0..20).map(|j| format!("p{partition}-b{i}-r{j}")).collect();
+                    let values: Vec<String> =
+                        (0..20).map(|j| format!("p{partition}-b{i}-r{j}")).collect();
                     let mut builder = coremq_wire::BatchBuilder::with_capacity(1024);
                     for v in &values {
                         builder.push(1, None, v.as_bytes(), &[]).unwrap();
                     }
                     let body = produce_body(&[("durable", partition, &builder.finish())]);
                     let mut frame = Vec::new();
-                    coremq_wire::frame::encode_frame(&mut frame, Kind::Produce.request(), i as u64, &body);
+                    coremq_wire::frame::encode_frame(
+                        &mut frame,
+                        Kind::Produce.request(),
+                        i as u64,
+                        &body,
+                    );
                     if conn.send_raw(&frame).is_err() {
                         break;
                     }
-                    in_flight.push_back(values);
+                    in_flight.insert(i as u64, values);
                     if in_flight.len() >= 8 {
                         let Some(response) = conn.recv() else { break };
-                        let values = in_flight.pop_front().unwrap();
+                        let values = in_flight
+                            .remove(&response.correlation_id)
+                            .expect("known correlation id");
                         let r = coremq_wire::messages::parse::<coremq_wire::fb::ProduceResponse>(
                             &response.body,
                             &coremq_wire::messages::verifier_options(1 << 20),
@@ -63,13 +74,35 @@ fn kill_9_under_load_loses_no_acknowledged_record() {
     let restarted = Broker::start_in(&dir, 2, &[]);
     let mut conn = restarted.connect();
     for (partition, acked) in acked.iter().enumerate() {
-        let stored: BTreeMap<u64, Vec<u8>> = conn.read_all("durable", partition as u32, 0).into_iter().collect();
+        let stored: BTreeMap<u64, Vec<u8>> = conn
+            .read_all("durable", partition as u32, 0)
+            .into_iter()
+            .collect();
         for (offset, value) in acked {
-            assert_eq!(stored.get(offset), Some(value), "partition {partition} offset {offset} lost or changed");
+            assert_eq!(
+                stored.get(offset),
+                Some(value),
+                "partition {partition} offset {offset} lost or changed"
+            );
         }
         // Offsets are dense: no holes from a torn tail.
         let offsets: Vec<u64> = stored.keys().copied().collect();
         assert_eq!(offsets, (0..offsets.len() as u64).collect::<Vec<_>>());
+        // Pipelined requests of one connection are stored in the order they were sent.
+        let sequence: Vec<u64> = stored
+            .values()
+            .step_by(20)
+            .map(|v| {
+                String::from_utf8_lossy(v).split('-').nth(1).unwrap()[1..]
+                    .parse()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(
+            sequence,
+            (0..sequence.len() as u64).collect::<Vec<_>>(),
+            "partition {partition} out of order"
+        );
     }
     // The restarted broker accepts new writes after the recovered tail.
     let (error, base) = conn.produce("durable", 0, &batch("after", 1));

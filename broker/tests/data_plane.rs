@@ -11,7 +11,10 @@ fn round_trip_on_every_shard_and_through_forwarding() {
     let broker = Broker::start(2, &[]);
     let mut admin = broker.connect();
     assert_eq!(admin.create_topic("orders", 4, None), ErrorCode::None);
-    assert_eq!(admin.create_topic("orders", 4, None), ErrorCode::TopicAlreadyExists);
+    assert_eq!(
+        admin.create_topic("orders", 4, None),
+        ErrorCode::TopicAlreadyExists
+    );
     let (shards, topics) = admin.metadata();
     assert_eq!(shards, 2);
     assert_eq!(topics, vec![("orders".to_string(), 4)]);
@@ -23,22 +26,30 @@ fn round_trip_on_every_shard_and_through_forwarding() {
         let other = 1 - owner;
         let mut direct = broker.connect_shard(owner);
         let mut forwarded = broker.connect_shard(other);
-        let (error, base) = direct.produce("orders", partition, &batch(&format!("d{partition}"), 10));
+        let (error, base) =
+            direct.produce("orders", partition, &batch(&format!("d{partition}"), 10));
         assert_eq!((error, base), (ErrorCode::None, 0));
-        let (error, base) = forwarded.produce("orders", partition, &batch(&format!("f{partition}"), 5));
+        let (error, base) =
+            forwarded.produce("orders", partition, &batch(&format!("f{partition}"), 5));
         assert_eq!((error, base), (ErrorCode::None, 10));
         for conn in [&mut direct, &mut forwarded] {
             let records = conn.read_all("orders", partition, 0);
             assert_eq!(records.len(), 15);
             for (i, (offset, value)) in records.iter().enumerate() {
                 assert_eq!(*offset, i as u64);
-                let expected =
-                    if i < 10 { format!("d{partition}-{i}") } else { format!("f{partition}-{}", i - 10) };
+                let expected = if i < 10 {
+                    format!("d{partition}-{i}")
+                } else {
+                    format!("f{partition}-{}", i - 10)
+                };
                 assert_eq!(value, expected.as_bytes());
             }
             // Mid-batch start: the reader slices.
             let tail = conn.read_all("orders", partition, 12);
-            assert_eq!(tail.iter().map(|r| r.0).collect::<Vec<_>>(), vec![12, 13, 14]);
+            assert_eq!(
+                tail.iter().map(|r| r.0).collect::<Vec<_>>(),
+                vec![12, 13, 14]
+            );
         }
     }
 }
@@ -47,11 +58,18 @@ fn round_trip_on_every_shard_and_through_forwarding() {
 fn one_request_many_partitions_and_pipelining() {
     let broker = Broker::start(2, &["--fsync", "never"]);
     let mut conn = broker.connect();
-    assert_eq!(conn.create_topic("multi", 3, Some("always")), ErrorCode::None);
+    assert_eq!(
+        conn.create_topic("multi", 3, Some("always")),
+        ErrorCode::None
+    );
     let batches: Vec<Vec<u8>> = (0..3).map(|p| batch(&format!("p{p}"), 3)).collect();
-    let parts: Vec<(&str, u32, &[u8])> = (0..3).map(|p| ("multi", p as u32, &batches[p][..])).collect();
+    let parts: Vec<(&str, u32, &[u8])> = (0..3)
+        .map(|p| ("multi", p as u32, &batches[p][..]))
+        .collect();
     // Pipeline 20 requests, then read 20 responses (order may vary).
-    let ids: Vec<u64> = (0..20).map(|_| conn.send(Kind::Produce.request(), &produce_body(&parts))).collect();
+    let ids: Vec<u64> = (0..20)
+        .map(|_| conn.send(Kind::Produce.request(), &produce_body(&parts)))
+        .collect();
     let mut seen = Vec::new();
     for _ in 0..20 {
         let frame = conn.recv().expect("response");
@@ -73,15 +91,24 @@ fn long_poll_waits_for_data() {
     let started = std::time::Instant::now();
     let (error, hw, batches) = consumer.fetch("lp", 0, 0, 300);
     assert_eq!((error, hw, batches.len()), (ErrorCode::None, 0, 0));
-    assert!(started.elapsed() >= std::time::Duration::from_millis(250), "long poll returned early");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(250),
+        "long poll returned early"
+    );
 
-    let id = consumer.send(Kind::Fetch.request(), &fetch_body("lp", 0, 0, 1 << 20, 10_000));
+    let id = consumer.send(
+        Kind::Fetch.request(),
+        &fetch_body("lp", 0, 0, 1 << 20, 10_000),
+    );
     std::thread::sleep(std::time::Duration::from_millis(100));
     let mut producer = broker.connect();
     assert_eq!(producer.produce("lp", 0, &batch("x", 2)).0, ErrorCode::None);
     let frame = consumer.recv().expect("fetch answered");
     assert_eq!(frame.correlation_id, id);
-    assert!(started.elapsed() < std::time::Duration::from_secs(5), "long poll not woken by the append");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "long poll not woken by the append"
+    );
 }
 
 #[test]
@@ -112,7 +139,10 @@ fn stats_report_every_shard() {
         assert_eq!(conn.produce("s", p, &batch("s", 4)).0, ErrorCode::None);
     }
     let mut b = flatbuffers::FlatBufferBuilder::new();
-    let root = coremq_wire::fb::StatsRequest::create(&mut b, &coremq_wire::fb::StatsRequestArgs { reset: false });
+    let root = coremq_wire::fb::StatsRequest::create(
+        &mut b,
+        &coremq_wire::fb::StatsRequestArgs { reset: false },
+    );
     b.finish(root, None);
     let frame = conn.call(Kind::Stats, b.finished_data());
     let stats = coremq_wire::messages::parse::<coremq_wire::fb::StatsResponse>(
@@ -124,9 +154,23 @@ fn stats_report_every_shard() {
     assert_eq!(shards.len(), 2);
     let mut produced = 0;
     for shard in shards.iter() {
-        let names: Vec<&str> = shard.histograms().unwrap().iter().map(|h| h.name().unwrap()).collect();
-        assert_eq!(names, vec!["produce_us", "fsync_us", "fetch_us", "queue_depth"]);
-        produced += shard.counters().unwrap().iter().find(|c| c.name() == Some("produced_records")).unwrap().value();
+        let names: Vec<&str> = shard
+            .histograms()
+            .unwrap()
+            .iter()
+            .map(|h| h.name().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            vec!["produce_us", "fsync_us", "fetch_us", "queue_depth"]
+        );
+        produced += shard
+            .counters()
+            .unwrap()
+            .iter()
+            .find(|c| c.name() == Some("produced_records"))
+            .unwrap()
+            .value();
     }
     assert_eq!(produced, 8);
 }

@@ -48,8 +48,20 @@ impl Broker {
         let mut child = Command::new(env!("CARGO_BIN_EXE_coremq"))
             .arg("--data-dir")
             .arg(dir)
-            .args(["--listen", "127.0.0.1:0", "--shards", &shards.to_string(), "--segment-bytes", "8388608"])
-            .args(["--max-batch-bytes", "1048576", "--max-frame-bytes", "4194304"])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--shards",
+                &shards.to_string(),
+                "--segment-bytes",
+                "8388608",
+            ])
+            .args([
+                "--max-batch-bytes",
+                "1048576",
+                "--max-frame-bytes",
+                "4194304",
+            ])
             .args(extra)
             .env("COREMQ_LOG", "warn")
             .stdout(Stdio::piped())
@@ -58,14 +70,29 @@ impl Broker {
             .expect("spawn coremq");
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("read ready line");
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read ready line");
         // "coremq listening on 127.0.0.1:PORT shards=N shard_ports=a,b"
         let fields: Vec<&str> = line.split_whitespace().collect();
-        assert!(fields.len() >= 6 && fields[1] == "listening", "unexpected broker output: {line:?}");
+        assert!(
+            fields.len() >= 6 && fields[1] == "listening",
+            "unexpected broker output: {line:?}"
+        );
         let main_address: SocketAddr = fields[3].parse().expect("address");
-        let shard_ports =
-            fields[5].trim_start_matches("shard_ports=").split(',').map(|p| p.parse().expect("port")).collect();
-        Broker { child: Some(child), data_dir: dir.to_path_buf(), _temp: None, main_address, shard_ports, shards }
+        let shard_ports = fields[5]
+            .trim_start_matches("shard_ports=")
+            .split(',')
+            .map(|p| p.parse().expect("port"))
+            .collect();
+        Broker {
+            child: Some(child),
+            data_dir: dir.to_path_buf(),
+            _temp: None,
+            main_address,
+            shard_ports,
+            shards,
+        }
     }
 
     pub fn shard_address(&self, shard: u16) -> SocketAddr {
@@ -97,7 +124,10 @@ impl Broker {
             if let Some(status) = child.try_wait().expect("wait") {
                 return status;
             }
-            assert!(Instant::now() < deadline, "broker did not stop after SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "broker did not stop after SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -108,7 +138,10 @@ impl Broker {
 }
 
 fn unsafe_free_sigterm(pid: u32) {
-    let status = Command::new("kill").args(["-TERM", &pid.to_string()]).status().expect("kill -TERM");
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill -TERM");
     assert!(status.success());
 }
 
@@ -137,15 +170,21 @@ impl Frame {
         if self.kind != KIND_ERROR {
             return None;
         }
-        let e = parse::<fb::ErrorResponse>(&self.body, &verifier_options(1 << 26)).expect("error body");
-        Some((ErrorCode::from_u16(e.code()), e.message().unwrap_or("").to_string()))
+        let e =
+            parse::<fb::ErrorResponse>(&self.body, &verifier_options(1 << 26)).expect("error body");
+        Some((
+            ErrorCode::from_u16(e.code()),
+            e.message().unwrap_or("").to_string(),
+        ))
     }
 }
 
 impl Conn {
     pub fn connect(address: SocketAddr) -> Conn {
         let stream = TcpStream::connect(address).expect("connect");
-        stream.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
         stream.set_nodelay(true).expect("nodelay");
         Conn { stream, next_id: 1 }
     }
@@ -172,9 +211,17 @@ impl Conn {
         let length = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
         let mut frame = header.to_vec();
         frame.resize(4 + length, 0);
-        self.stream.read_exact(&mut frame[FRAME_HEADER_LEN..]).ok()?;
-        let parsed = decode_frame(&frame, u32::MAX).expect("valid frame").expect("whole frame");
-        Some(Frame { kind: parsed.kind, correlation_id: parsed.correlation_id, body: frame[FRAME_HEADER_LEN..].to_vec() })
+        self.stream
+            .read_exact(&mut frame[FRAME_HEADER_LEN..])
+            .ok()?;
+        let parsed = decode_frame(&frame, u32::MAX)
+            .expect("valid frame")
+            .expect("whole frame");
+        Some(Frame {
+            kind: parsed.kind,
+            correlation_id: parsed.correlation_id,
+            body: frame[FRAME_HEADER_LEN..].to_vec(),
+        })
     }
 
     pub fn call(&mut self, kind: Kind, body: &[u8]) -> Frame {
@@ -184,18 +231,34 @@ impl Conn {
         frame
     }
 
-    pub fn create_topic(&mut self, name: &str, partitions: u32, durability: Option<&str>) -> ErrorCode {
+    pub fn create_topic(
+        &mut self,
+        name: &str,
+        partitions: u32,
+        durability: Option<&str>,
+    ) -> ErrorCode {
         let mut b = FlatBufferBuilder::new();
         let n = b.create_string(name);
         let d = durability.map(|d| b.create_string(d));
         let root = fb::CreateTopicRequest::create(
             &mut b,
-            &fb::CreateTopicRequestArgs { name: Some(n), partitions, durability: d, ..Default::default() },
+            &fb::CreateTopicRequestArgs {
+                name: Some(n),
+                partitions,
+                durability: d,
+                ..Default::default()
+            },
         );
         b.finish(root, None);
         let frame = self.call(Kind::CreateTopic, b.finished_data());
-        assert_eq!(frame.kind, Kind::CreateTopic.response(), "{:?}", frame.error());
-        let r = parse::<fb::TopicResult>(&frame.body, &verifier_options(1 << 26)).expect("topic result");
+        assert_eq!(
+            frame.kind,
+            Kind::CreateTopic.response(),
+            "{:?}",
+            frame.error()
+        );
+        let r = parse::<fb::TopicResult>(&frame.body, &verifier_options(1 << 26))
+            .expect("topic result");
         ErrorCode::from_u16(r.error())
     }
 
@@ -204,10 +267,15 @@ impl Conn {
         let root = fb::MetadataRequest::create(&mut b, &fb::MetadataRequestArgs { topics: None });
         b.finish(root, None);
         let frame = self.call(Kind::Metadata, b.finished_data());
-        let m = parse::<fb::MetadataResponse>(&frame.body, &verifier_options(1 << 26)).expect("metadata");
+        let m = parse::<fb::MetadataResponse>(&frame.body, &verifier_options(1 << 26))
+            .expect("metadata");
         let topics = m
             .topics()
-            .map(|ts| ts.iter().map(|t| (t.name().unwrap_or("").to_string(), t.partitions())).collect())
+            .map(|ts| {
+                ts.iter()
+                    .map(|t| (t.name().unwrap_or("").to_string(), t.partitions()))
+                    .collect()
+            })
             .unwrap_or_default();
         (m.shard_count(), topics)
     }
@@ -216,26 +284,45 @@ impl Conn {
     pub fn produce(&mut self, topic: &str, partition: u32, batch: &[u8]) -> (ErrorCode, u64) {
         let frame = self.call(Kind::Produce, &produce_body(&[(topic, partition, batch)]));
         assert_eq!(frame.kind, Kind::Produce.response(), "{:?}", frame.error());
-        let r = parse::<fb::ProduceResponse>(&frame.body, &verifier_options(1 << 26)).expect("produce response");
+        let r = parse::<fb::ProduceResponse>(&frame.body, &verifier_options(1 << 26))
+            .expect("produce response");
         let first = r.results().expect("results").get(0);
         (ErrorCode::from_u16(first.error()), first.base_offset())
     }
 
     /// Fetches; returns (error, high watermark, batches bytes).
-    pub fn fetch(&mut self, topic: &str, partition: u32, offset: u64, max_wait_ms: u32) -> (ErrorCode, u64, Vec<u8>) {
-        let frame = self.call(Kind::Fetch, &fetch_body(topic, partition, offset, 1 << 20, max_wait_ms));
+    pub fn fetch(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max_wait_ms: u32,
+    ) -> (ErrorCode, u64, Vec<u8>) {
+        let frame = self.call(
+            Kind::Fetch,
+            &fetch_body(topic, partition, offset, 1 << 20, max_wait_ms),
+        );
         assert_eq!(frame.kind, Kind::Fetch.response(), "{:?}", frame.error());
-        let r = parse::<fb::FetchResponse>(&frame.body, &verifier_options(1 << 26)).expect("fetch response");
+        let r = parse::<fb::FetchResponse>(&frame.body, &verifier_options(1 << 26))
+            .expect("fetch response");
         let first = r.results().expect("results").get(0);
         (
             ErrorCode::from_u16(first.error()),
             first.high_watermark(),
-            first.records().map(|v| v.bytes().to_vec()).unwrap_or_default(),
+            first
+                .records()
+                .map(|v| v.bytes().to_vec())
+                .unwrap_or_default(),
         )
     }
 
     /// Every record value from `offset` to the high watermark.
-    pub fn read_all(&mut self, topic: &str, partition: u32, mut offset: u64) -> Vec<(u64, Vec<u8>)> {
+    pub fn read_all(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        mut offset: u64,
+    ) -> Vec<(u64, Vec<u8>)> {
         let mut out = Vec::new();
         loop {
             let (error, high_watermark, batches) = self.fetch(topic, partition, offset, 0);
@@ -261,27 +348,51 @@ pub fn produce_body(parts: &[(&str, u32, &[u8])]) -> Vec<u8> {
             let v = b.create_vector(batch);
             fb::PartitionBatches::create(
                 &mut b,
-                &fb::PartitionBatchesArgs { topic: Some(t), partition: *partition, batches: Some(v) },
+                &fb::PartitionBatchesArgs {
+                    topic: Some(t),
+                    partition: *partition,
+                    batches: Some(v),
+                },
             )
         })
         .collect();
     let v = b.create_vector(&entries);
-    let root = fb::ProduceRequest::create(&mut b, &fb::ProduceRequestArgs { partitions: Some(v) });
+    let root = fb::ProduceRequest::create(
+        &mut b,
+        &fb::ProduceRequestArgs {
+            partitions: Some(v),
+        },
+    );
     b.finish(root, None);
     b.finished_data().to_vec()
 }
 
-pub fn fetch_body(topic: &str, partition: u32, offset: u64, max_bytes: u32, max_wait_ms: u32) -> Vec<u8> {
+pub fn fetch_body(
+    topic: &str,
+    partition: u32,
+    offset: u64,
+    max_bytes: u32,
+    max_wait_ms: u32,
+) -> Vec<u8> {
     let mut b = FlatBufferBuilder::new();
     let t = b.create_string(topic);
     let p = fb::FetchPartition::create(
         &mut b,
-        &fb::FetchPartitionArgs { topic: Some(t), partition, offset, max_bytes },
+        &fb::FetchPartitionArgs {
+            topic: Some(t),
+            partition,
+            offset,
+            max_bytes,
+        },
     );
     let v = b.create_vector(&[p]);
     let root = fb::FetchRequest::create(
         &mut b,
-        &fb::FetchRequestArgs { partitions: Some(v), max_wait_ms, min_bytes: 1 },
+        &fb::FetchRequestArgs {
+            partitions: Some(v),
+            max_wait_ms,
+            min_bytes: 1,
+        },
     );
     b.finish(root, None);
     b.finished_data().to_vec()
@@ -291,12 +402,21 @@ pub fn fetch_body(topic: &str, partition: u32, offset: u64, max_bytes: u32, max_
 pub fn batch(prefix: &str, count: u32) -> Vec<u8> {
     let mut builder = BatchBuilder::with_capacity(64 + count as usize * 64);
     for i in 0..count {
-        builder.push(1_700_000_000_000 + i as i64, None, format!("{prefix}-{i}").as_bytes(), &[]).expect("push");
+        builder
+            .push(
+                1_700_000_000_000 + i as i64,
+                None,
+                format!("{prefix}-{i}").as_bytes(),
+                &[],
+            )
+            .expect("push");
     }
     builder.finish()
 }
 
 /// A partition of `topic` owned by `shard`.
 pub fn partition_on_shard(topic: &str, partitions: u32, shard: u16, shards: u16) -> u32 {
-    (0..partitions).find(|p| coremq_wire::shard_for(topic, *p, shards) == shard).expect("a partition on that shard")
+    (0..partitions)
+        .find(|p| coremq_wire::shard_for(topic, *p, shards) == shard)
+        .expect("a partition on that shard")
 }
