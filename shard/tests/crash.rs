@@ -7,8 +7,12 @@
 //! - every append acknowledged under `always` is readable, byte for byte;
 //! - every acknowledged append of any durability that is below the recovered
 //!   high watermark is exactly what was acknowledged (the log is a prefix);
+//! - no `always` high watermark a reader ever saw goes backwards;
 //! - every partition reads back from log start to high watermark as valid
 //!   batches with dense offsets: nothing half-written is ever served.
+//!
+//! The `interval` and `never` topics have time and size retention, so
+//! segment deletion and checkpoints are crashed through as well.
 //!
 //! A failure prints its seed; `COREMQ_SEED=<n>` replays one seed.
 
@@ -32,6 +36,18 @@ const TOPICS: [(&str, Durability); 3] = [
 const PARTITIONS: u32 = 2;
 const SEGMENT_BYTES: u64 = 32 << 10;
 
+thread_local! {
+    /// (acknowledged appends, failed appends, partitions found trimmed by retention)
+    static COUNTS: std::cell::Cell<(u64, u64, u64)> = const { std::cell::Cell::new((0, 0, 0)) };
+}
+
+fn count(acked: u64, failed: u64, trimmed: u64) {
+    COUNTS.with(|c| {
+        let (a, f, t) = c.get();
+        c.set((a + acked, f + failed, t + trimmed));
+    });
+}
+
 /// An acknowledged append.
 #[derive(Clone)]
 struct Acked {
@@ -53,26 +69,39 @@ fn faults_for(rng: &mut Rng) -> Faults {
     }
 }
 
+/// Highest `always` high watermark any reader saw, per partition.
+type Seen = Rc<RefCell<[u64; PARTITIONS as usize]>>;
+
 fn workload(
     seed: u64,
     round: u64,
     disk: &MemDisk,
     clock: &ManualClock,
     acked: &Rc<RefCell<Vec<Acked>>>,
+    seen: &Seen,
 ) {
     let mut rng = Rng::new(seed.wrapping_mul(31).wrapping_add(round));
     let mut pool = LocalPool::new();
     let engine = Rc::new(pool.run_until(open(disk, clock, SEGMENT_BYTES)));
     if round == 0 {
         for (name, durability) in TOPICS {
-            pool.run_until(engine.create_topic(topic(name, PARTITIONS, durability)))
-                .unwrap();
+            let mut t = topic(name, PARTITIONS, durability);
+            // Retention runs under crashes too: segments are shared, so
+            // every topic needs a limit for any segment to go.
+            match name {
+                "a" => t.retention_bytes = Some(4 << 10),
+                "i" => t.retention_ms = Some(300),
+                "n" => t.retention_bytes = Some(6 << 10),
+                _ => {}
+            }
+            pool.run_until(engine.create_topic(t)).unwrap();
         }
     }
     disk.set_faults(faults_for(&mut rng));
     for task in 0..4u64 {
         let engine = engine.clone();
         let acked = acked.clone();
+        let seen = seen.clone();
         let clock = clock.clone();
         let mut rng = Rng::new(rng.next_u64() ^ task);
         pool.spawner()
@@ -89,14 +118,22 @@ fn workload(
                         rng.next_u64() as u8,
                     );
                     match engine.append(topic, partition, &b).await {
-                        Ok(out) => acked.borrow_mut().push(Acked {
-                            topic,
-                            partition,
-                            base_offset: out.base_offset,
-                            bytes: stored(&b, out.base_offset, out.append_time_ms),
-                        }),
-                        Err(StorageError::Io { .. }) => {}
+                        Ok(out) => {
+                            count(1, 0, 0);
+                            acked.borrow_mut().push(Acked {
+                                topic,
+                                partition,
+                                base_offset: out.base_offset,
+                                bytes: stored(&b, out.base_offset, out.append_time_ms),
+                            })
+                        }
+                        Err(StorageError::Io { .. }) => count(0, 1, 0),
                         Err(other) => panic!("unexpected append error: {other}"),
+                    }
+                    for p in 0..PARTITIONS {
+                        let hw = engine.high_watermark("a", p).unwrap();
+                        let mut seen = seen.borrow_mut();
+                        seen[p as usize] = seen[p as usize].max(hw);
                     }
                     if rng.below(8) == 0 {
                         clock.advance_ms(rng.below(40) as i64);
@@ -120,12 +157,30 @@ fn workload(
 
 /// Checks the invariants; returns the acknowledged appends that survived
 /// (a lost `interval` / `never` append's offsets are reused afterwards).
-fn verify(disk: &MemDisk, clock: &ManualClock, acked: &[Acked]) -> Vec<Acked> {
+fn verify(disk: &MemDisk, clock: &ManualClock, acked: &[Acked], seen: &Seen) -> Vec<Acked> {
     let mut survivors = Vec::new();
     let mut pool = LocalPool::new();
     let engine = pool.run_until(open(disk, clock, SEGMENT_BYTES));
+    for p in 0..PARTITIONS {
+        let hw = engine.high_watermark("a", p).unwrap();
+        let max_seen = seen.borrow()[p as usize];
+        assert!(
+            hw >= max_seen,
+            "a/{p}: readers saw offsets up to {max_seen}, recovered {hw}"
+        );
+    }
     for a in acked {
         let hw = engine.high_watermark(a.topic, a.partition).unwrap();
+        let start = engine.log_start_offset(a.topic, a.partition).unwrap();
+        assert!(
+            start <= hw,
+            "{}/{}: log start {start} above high watermark {hw}",
+            a.topic,
+            a.partition
+        );
+        if a.base_offset < start {
+            continue; // Retention dropped it.
+        }
         let durable = a.topic == "a";
         if durable {
             assert!(
@@ -156,6 +211,7 @@ fn verify(disk: &MemDisk, clock: &ManualClock, acked: &[Acked]) -> Vec<Acked> {
         for p in 0..PARTITIONS {
             let start = engine.log_start_offset(name, p).unwrap();
             let hw = engine.high_watermark(name, p).unwrap();
+            count(0, 0, (start > 0) as u64);
             let all = pool
                 .run_until(engine.read(name, p, start, u32::MAX))
                 .unwrap();
@@ -186,9 +242,10 @@ fn run_seed(seed: u64) {
     let disk = MemDisk::new(seed);
     let clock = ManualClock::new(1_000_000);
     let acked = Rc::new(RefCell::new(Vec::new()));
+    let seen: Seen = Rc::new(RefCell::new([0; PARTITIONS as usize]));
     for round in 0..2 {
-        workload(seed, round, &disk, &clock, &acked);
-        let survivors = verify(&disk, &clock, &acked.borrow());
+        workload(seed, round, &disk, &clock, &acked, &seen);
+        let survivors = verify(&disk, &clock, &acked.borrow(), &seen);
         *acked.borrow_mut() = survivors;
     }
 }
@@ -206,4 +263,12 @@ fn crash_recovery_keeps_every_acknowledged_append() {
             std::panic::resume_unwind(panic);
         }
     }
+    let (acked, failed, trimmed) = COUNTS.with(|c| c.get());
+    eprintln!(
+        "{acked} appends acknowledged, {failed} failed, {trimmed} partition checks after retention"
+    );
+    assert!(
+        acked > 0 && failed > 0 && trimmed > 0,
+        "the faults and retention paths must be reached"
+    );
 }

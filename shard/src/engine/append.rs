@@ -188,7 +188,13 @@ impl<D: Disk, C: Clock> Engine<D, C> {
             if self.satisfied(end, needs_sync, copied_at)? {
                 return Ok(());
             }
-            self.flush_locked(false).await?;
+            // A flush can fail on someone else's part (a sync an `always`
+            // append needed) after this append's own write succeeded.
+            let flushed = self.flush_locked(false).await;
+            if self.satisfied(end, needs_sync, copied_at)? {
+                return Ok(());
+            }
+            flushed?;
         }
     }
 

@@ -228,8 +228,9 @@ impl<D: Disk, C: Clock> Engine<D, C> {
 }
 
 fn retention_cut_of<F: DiskFile>(state: &State<F>, now: i64) -> Option<u64> {
-    // Never the segment being written, nor data still waiting for its flush.
-    let limit = state.writer.segment_base().min(state.writer.durable_end());
+    // Never the segment being written, nor data still waiting for its write
+    // (the checkpoint before the deletion syncs what is written).
+    let limit = state.writer.segment_base().min(state.writer.written_end());
     let ends: Vec<u64> = state
         .segments
         .iter()

@@ -1,0 +1,369 @@
+//! Targeted fault tests on the memory disk: each builds one situation the
+//! random crash test reaches rarely or never, and checks the exact outcome.
+
+mod common;
+
+use common::*;
+use coremq_shard::clock::ManualClock;
+use coremq_shard::commitlog::entry::{parse_entry, Parsed};
+use coremq_shard::disk::memory::{Faults, MemDisk};
+use coremq_shard::{Durability, StorageError};
+use futures::executor::block_on;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const LOG: &str = "/data/shard-0/log";
+
+fn segment0() -> PathBuf {
+    Path::new(LOG).join("00000000000000000000.seg")
+}
+
+/// (position, length) of every valid entry in the first segment.
+fn entries(disk: &MemDisk) -> Vec<(usize, usize)> {
+    let bytes = disk.contents(&segment0()).unwrap();
+    let mut at = 0;
+    let mut out = Vec::new();
+    while let Parsed::Entry(h) = parse_entry(&bytes[at..], (bytes.len() - at) as u64) {
+        out.push((at, h.length as usize));
+        at += h.length as usize;
+    }
+    out
+}
+
+/// A batch whose log entry (32-byte header + batch) is exactly `entry_bytes`.
+fn batch_with_entry_len(entry_bytes: usize, fill: u8) -> Vec<u8> {
+    let b = batch(1, entry_bytes - 32 - 64 - 25, 0, fill);
+    assert_eq!(b.len() + 32, entry_bytes);
+    b
+}
+
+#[test]
+fn stale_valid_entries_after_a_rewritten_tail_are_not_resurrected() {
+    let disk = MemDisk::new(1);
+    let clock = ManualClock::new(0);
+    block_on(async {
+        let engine = open(&disk, &clock, 1 << 20).await;
+        engine
+            .create_topic(topic("x", 1, Durability::Always))
+            .await
+            .unwrap();
+        engine
+            .create_topic(topic("y", 1, Durability::Always))
+            .await
+            .unwrap();
+        // A pads so that B ends on a block boundary; C starts a new block.
+        let (at, len) = *entries(&disk).last().unwrap();
+        let end = at + len;
+        let b_len = 1000;
+        let a_len = 8192 - end - b_len;
+        engine
+            .append("x", 0, &batch_with_entry_len(a_len, 1))
+            .await
+            .unwrap();
+        engine
+            .append("x", 0, &batch_with_entry_len(b_len, 2))
+            .await
+            .unwrap();
+        engine.append("y", 0, &batch(1, 100, 0, 3)).await.unwrap();
+        drop(engine);
+        let all = entries(&disk);
+        let (b_at, _) = all[all.len() - 2];
+        assert_eq!(b_at + b_len, 8192);
+        // Media corruption inside B: the log now ends before B.
+        disk.corrupt(&segment0(), b_at + 200);
+        let engine = open(&disk, &clock, 1 << 20).await;
+        assert_eq!(engine.high_watermark("x", 0).unwrap(), 1);
+        assert_eq!(
+            engine.high_watermark("y", 0).unwrap(),
+            0,
+            "C follows the broken B"
+        );
+        // D takes B's place and length, ending exactly where the stale C starts.
+        engine
+            .append("x", 0, &batch_with_entry_len(b_len, 4))
+            .await
+            .unwrap();
+        drop(engine);
+        let engine = open(&disk, &clock, 1 << 20).await;
+        assert_eq!(engine.high_watermark("x", 0).unwrap(), 2);
+        assert_eq!(
+            engine.high_watermark("y", 0).unwrap(),
+            0,
+            "C is valid but does not chain to D: it must stay dead"
+        );
+    });
+}
+
+#[test]
+fn a_broken_segment_discards_the_segments_after_it() {
+    let disk = MemDisk::new(2);
+    let clock = ManualClock::new(0);
+    block_on(async {
+        let engine = open(&disk, &clock, 32 << 10).await;
+        engine
+            .create_topic(topic("x", 1, Durability::Always))
+            .await
+            .unwrap();
+        engine
+            .create_topic(topic("y", 1, Durability::Always))
+            .await
+            .unwrap();
+        for i in 0..60u8 {
+            let name = if i % 2 == 0 { "x" } else { "y" };
+            engine.append(name, 0, &batch(1, 900, 0, i)).await.unwrap();
+        }
+        drop(engine);
+        assert!(disk.files_in(Path::new(LOG)).len() >= 2);
+        let all = entries(&disk);
+        let (last_at, _) = *all.last().unwrap();
+        disk.corrupt(&segment0(), last_at + 100);
+        let engine = open(&disk, &clock, 32 << 10).await;
+        assert_eq!(
+            disk.files_in(Path::new(LOG)),
+            vec![segment0()],
+            "later segments deleted"
+        );
+        let batches = all.len() - 3; // snapshot and two creates
+        let x = engine.high_watermark("x", 0).unwrap();
+        let y = engine.high_watermark("y", 0).unwrap();
+        assert_eq!(
+            (x + y) as usize,
+            batches - 1,
+            "everything before the broken entry survives"
+        );
+        // And the log goes on from there.
+        engine.append("y", 0, &batch(1, 10, 0, 0)).await.unwrap();
+    });
+}
+
+#[test]
+fn a_torn_tail_is_truncated_and_overwritten() {
+    let disk = MemDisk::new(3);
+    let clock = ManualClock::new(0);
+    block_on(async {
+        let engine = open(&disk, &clock, 1 << 20).await;
+        engine
+            .create_topic(topic("x", 1, Durability::Never))
+            .await
+            .unwrap();
+        for i in 0..5 {
+            engine.append("x", 0, &batch(2, 300, 0, i)).await.unwrap();
+        }
+        drop(engine);
+        let (last_at, last_len) = *entries(&disk).last().unwrap();
+        disk.corrupt(&segment0(), last_at + last_len - 1);
+        let engine = open(&disk, &clock, 1 << 20).await;
+        assert_eq!(engine.high_watermark("x", 0).unwrap(), 8);
+        let b = batch(1, 50, 0, 9);
+        let out = engine.append("x", 0, &b).await.unwrap();
+        assert_eq!(out.base_offset, 8);
+        drop(engine);
+        let engine = open(&disk, &clock, 1 << 20).await;
+        assert_eq!(engine.high_watermark("x", 0).unwrap(), 9);
+        let got = engine.read("x", 0, 8, 1).await.unwrap();
+        assert_eq!(got.batches, stored(&b, 8, out.append_time_ms));
+    });
+}
+
+#[test]
+fn a_corrupt_checkpoint_falls_back_to_scanning_the_log() {
+    let disk = MemDisk::new(4);
+    let clock = ManualClock::new(0);
+    block_on(async {
+        let engine = open(&disk, &clock, 32 << 10).await;
+        engine
+            .create_topic(topic("x", 2, Durability::Always))
+            .await
+            .unwrap();
+        for i in 0..80u32 {
+            engine
+                .append("x", i % 2, &batch(1, 700, 0, i as u8))
+                .await
+                .unwrap();
+        }
+        engine.close().await.unwrap();
+        let checkpoint = Path::new("/data/shard-0/index/checkpoint");
+        assert!(
+            disk.contents(checkpoint).is_some(),
+            "close writes a checkpoint"
+        );
+        disk.corrupt(checkpoint, 40);
+        let engine = open(&disk, &clock, 32 << 10).await;
+        assert_eq!(engine.high_watermark("x", 0).unwrap(), 40);
+        assert_eq!(engine.high_watermark("x", 1).unwrap(), 40);
+        let all = engine.read("x", 1, 0, u32::MAX).await.unwrap();
+        assert_eq!(coremq_wire::batch::split_batches(&all.batches).count(), 40);
+    });
+}
+
+#[test]
+fn bit_flips_on_read_are_never_served() {
+    let disk = MemDisk::new(5);
+    let clock = ManualClock::new(0);
+    block_on(async {
+        let engine = open(&disk, &clock, 1 << 20).await;
+        engine
+            .create_topic(topic("x", 1, Durability::Always))
+            .await
+            .unwrap();
+        let b = batch(3, 500, 0, 1);
+        let out = engine.append("x", 0, &b).await.unwrap();
+        drop(engine);
+        let engine = open(&disk, &clock, 1 << 20).await; // empty cache: reads hit the disk
+        disk.set_faults(Faults {
+            read_bit_flip: 1.0,
+            ..Faults::default()
+        });
+        assert!(matches!(
+            engine.read("x", 0, 0, 1).await,
+            Err(StorageError::CorruptBatch(_))
+        ));
+        disk.set_faults(Faults::default());
+        let got = engine.read("x", 0, 0, 1).await.unwrap();
+        assert_eq!(got.batches, stored(&b, 0, out.append_time_ms));
+    });
+}
+
+#[test]
+fn disk_full_fails_the_append_and_stores_nothing() {
+    let disk = MemDisk::new(6);
+    let clock = ManualClock::new(0);
+    block_on(async {
+        let engine = open(&disk, &clock, 32 << 10).await;
+        engine
+            .create_topic(topic("x", 1, Durability::Always))
+            .await
+            .unwrap();
+        disk.set_disk_full(true);
+        let mut stored_ok = 0;
+        let error = loop {
+            match engine.append("x", 0, &batch(1, 1000, 0, 1)).await {
+                Ok(_) => stored_ok += 1,
+                Err(e) => break e,
+            }
+        };
+        assert!(matches!(error, StorageError::DiskFull { .. }), "{error}");
+        assert_eq!(
+            coremq_shard::ToErrorCode::error_code(&error),
+            coremq_wire::ErrorCode::DiskFull
+        );
+        assert_eq!(engine.high_watermark("x", 0).unwrap(), stored_ok);
+        disk.set_disk_full(false);
+        let out = engine.append("x", 0, &batch(1, 1000, 0, 2)).await.unwrap();
+        assert_eq!(
+            out.base_offset, stored_ok,
+            "the failed append took no offset"
+        );
+        drop(engine);
+        let engine = open(&disk, &clock, 32 << 10).await;
+        assert_eq!(engine.high_watermark("x", 0).unwrap(), stored_ok + 1);
+    });
+}
+
+#[test]
+fn write_errors_are_not_acknowledged_and_later_flushes_retry() {
+    let disk = MemDisk::new(7);
+    let clock = ManualClock::new(0);
+    block_on(async {
+        let engine = open(&disk, &clock, 1 << 20).await;
+        engine
+            .create_topic(topic("x", 1, Durability::Always))
+            .await
+            .unwrap();
+        engine.append("x", 0, &batch(1, 10, 0, 0)).await.unwrap();
+        disk.set_faults(Faults {
+            write_error: 1.0,
+            ..Faults::default()
+        });
+        let error = engine
+            .append("x", 0, &batch(1, 10, 0, 1))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, StorageError::Io { .. }), "{error}");
+        assert_eq!(
+            engine.high_watermark("x", 0).unwrap(),
+            1,
+            "nothing unacknowledged is visible"
+        );
+        disk.set_faults(Faults {
+            short_write: 1.0,
+            ..Faults::default()
+        });
+        assert!(engine.append("x", 0, &batch(1, 10, 0, 2)).await.is_err());
+        assert_eq!(engine.high_watermark("x", 0).unwrap(), 1);
+        disk.set_faults(Faults::default());
+        let out = engine.append("x", 0, &batch(1, 10, 0, 3)).await.unwrap();
+        // The failed appends' bytes stayed queued and went out with this
+        // flush: not acknowledged, but stored (at least once, like a timeout).
+        assert_eq!(out.base_offset, 3);
+        assert_eq!(engine.high_watermark("x", 0).unwrap(), 4);
+        drop(engine);
+        disk.crash();
+        let engine = open(&disk, &clock, 1 << 20).await;
+        assert_eq!(engine.high_watermark("x", 0).unwrap(), 4);
+    });
+}
+
+#[test]
+fn sync_errors_fail_always_but_not_never() {
+    let disk = MemDisk::new(8);
+    let clock = ManualClock::new(0);
+    block_on(async {
+        let engine = open(&disk, &clock, 1 << 20).await;
+        engine
+            .create_topic(topic("a", 1, Durability::Always))
+            .await
+            .unwrap();
+        engine
+            .create_topic(topic("n", 1, Durability::Never))
+            .await
+            .unwrap();
+        disk.set_faults(Faults {
+            sync_error: 1.0,
+            ..Faults::default()
+        });
+        assert!(matches!(
+            engine.append("a", 0, &batch(1, 10, 0, 0)).await,
+            Err(StorageError::Io { .. })
+        ));
+        assert_eq!(engine.high_watermark("a", 0).unwrap(), 0);
+        engine.append("n", 0, &batch(1, 10, 0, 0)).await.unwrap();
+        assert_eq!(engine.high_watermark("n", 0).unwrap(), 1);
+        disk.set_faults(Faults::default());
+        engine.append("a", 0, &batch(1, 10, 0, 0)).await.unwrap();
+        assert_eq!(engine.high_watermark("a", 0).unwrap(), 2);
+    });
+}
+
+#[test]
+fn interval_topics_sync_on_the_maintenance_timer() {
+    let disk = MemDisk::new(9);
+    let clock = ManualClock::new(0);
+    block_on(async {
+        let engine = open(&disk, &clock, 1 << 20).await;
+        let every = Duration::from_millis(100);
+        engine
+            .create_topic(topic("i", 1, Durability::Interval(every)))
+            .await
+            .unwrap();
+        let syncs = disk.stats().syncs;
+        let mut listener = engine.appended();
+        engine.append("i", 0, &batch(1, 10, 0, 0)).await.unwrap();
+        assert_eq!(
+            disk.stats().syncs,
+            syncs,
+            "acknowledged after the write, before any sync"
+        );
+        assert_eq!(engine.high_watermark("i", 0).unwrap(), 1);
+        assert!(
+            futures::poll!(&mut listener).is_ready(),
+            "the high watermark moved"
+        );
+        clock.advance_ms(50);
+        engine.maintenance().await.unwrap();
+        assert_eq!(disk.stats().syncs, syncs, "not due yet");
+        clock.advance_ms(60);
+        engine.maintenance().await.unwrap();
+        assert!(disk.stats().syncs > syncs, "due: synced");
+    });
+}
