@@ -41,7 +41,8 @@ pub struct Report {
     pub batch: usize,
     pub producers: usize,
     pub broker: String,
-    #[serde(skip_serializing_if = "Map::is_empty")]
+    /// Workload-specific fields, flattened into the top-level object.
+    #[serde(flatten)]
     pub extra: Map<String, Value>,
     pub broker_shards: Vec<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
