@@ -144,10 +144,15 @@ impl ProducerBuilder {
             capacity: Semaphore::new(permits),
             capacity_max: permits,
             config: self.config,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                topics: HashMap::new(),
+                sealed: Vec::new(),
+                oneway_error: None,
+                oneway_failed_batches: 0,
+                outstanding,
+            }),
             wake: Notify::new(),
             closed: AtomicBool::new(false),
-            outstanding,
         });
         tokio::spawn(flusher(inner.clone()));
         Producer {
@@ -203,13 +208,14 @@ struct TopicState {
     sticky: u32,
 }
 
-#[derive(Default)]
 struct State {
     topics: HashMap<String, TopicState>,
     sealed: Vec<SealedBatch>,
     /// Failures of records sent with `send_oneway`, reported by `flush`.
     oneway_error: Option<Error>,
     oneway_failed_batches: u64,
+    /// Batches sealed or sent but not yet acknowledged.
+    outstanding: watch::Sender<usize>,
 }
 
 struct Inner {
@@ -220,8 +226,6 @@ struct Inner {
     capacity_max: usize,
     wake: Notify,
     closed: AtomicBool,
-    /// Batches sealed or sent but not yet acknowledged.
-    outstanding: watch::Sender<usize>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -302,11 +306,11 @@ impl Producer {
     /// Returns the first `send_oneway` failure since the previous flush.
     pub async fn flush(&self) -> Result<()> {
         let inner = &self.handle.inner;
-        let mut outstanding = inner.outstanding.subscribe();
-        {
+        let mut outstanding = {
             let mut state = lock(&inner.state);
             seal_all(&mut state, None);
-        }
+            state.outstanding.subscribe()
+        };
         inner.wake.notify_one();
         outstanding
             .wait_for(|n| *n == 0)
@@ -407,7 +411,12 @@ fn append(
     want_completion: bool,
     seal_now: bool,
 ) -> Result<Appended> {
-    let State { topics, sealed, .. } = state;
+    let State {
+        topics,
+        sealed,
+        outstanding,
+        ..
+    } = state;
     let topic = topics
         .get_mut(record.topic)
         .ok_or_else(|| Error::UnknownTopic(record.topic.to_string()))?;
@@ -428,7 +437,7 @@ fn append(
     let slot = &mut topic.open[partition as usize];
     if let Some(open) = slot {
         if !open.builder.is_empty() && open.builder.len_bytes() + length > config.batch_bytes {
-            seal(&topic.name, partition, slot, sealed);
+            seal(&topic.name, partition, slot, sealed, outstanding);
             did_seal = true;
         }
     }
@@ -454,7 +463,7 @@ fn append(
         None
     };
     if seal_now || open.builder.len_bytes() >= config.batch_bytes {
-        seal(&topic.name, partition, slot, sealed);
+        seal(&topic.name, partition, slot, sealed, outstanding);
         did_seal = true;
     }
     if did_seal && record.partition.is_none() && record.key.is_none() {
@@ -463,16 +472,20 @@ fn append(
     Ok((partition, index, completion, did_seal))
 }
 
+/// Moves an open batch to the sealed list. It counts as outstanding from
+/// here (not from dispatch), so a `flush` that seals cannot miss it.
 fn seal(
     topic: &Arc<str>,
     partition: u32,
     slot: &mut Option<OpenBatch>,
     sealed: &mut Vec<SealedBatch>,
+    outstanding: &watch::Sender<usize>,
 ) {
     if let Some(open) = slot.take() {
         if open.builder.is_empty() {
             return;
         }
+        outstanding.send_modify(|n| *n += 1);
         sealed.push(SealedBatch {
             topic: topic.clone(),
             partition,
@@ -486,7 +499,12 @@ fn seal(
 /// Seals every open batch (older than `linger`, when given). Returns the
 /// earliest time a remaining open batch will be due.
 fn seal_all(state: &mut State, linger: Option<Duration>) -> Option<Instant> {
-    let State { topics, sealed, .. } = state;
+    let State {
+        topics,
+        sealed,
+        outstanding,
+        ..
+    } = state;
     let now = Instant::now();
     let mut next_due: Option<Instant> = None;
     for topic in topics.values_mut() {
@@ -497,7 +515,7 @@ fn seal_all(state: &mut State, linger: Option<Duration>) -> Option<Instant> {
                     let due = open.opened + linger;
                     next_due = Some(next_due.map_or(due, |d| d.min(due)));
                 }
-                _ => seal(&topic.name, partition as u32, slot, sealed),
+                _ => seal(&topic.name, partition as u32, slot, sealed, outstanding),
             }
         }
     }
@@ -520,7 +538,6 @@ async fn flusher(inner: Arc<Inner>) {
             (std::mem::take(&mut state.sealed), next_due)
         };
         if !batches.is_empty() {
-            inner.outstanding.send_modify(|n| *n += batches.len());
             dispatch(&inner, batches).await;
         }
         if closed {
@@ -641,5 +658,7 @@ fn complete(inner: &Inner, batches: &[SealedBatch], outcome: Result<Vec<Result<P
         }
     }
     inner.capacity.add_permits(permits);
-    inner.outstanding.send_modify(|n| *n -= batches.len());
+    lock(&inner.state)
+        .outstanding
+        .send_modify(|n| *n -= batches.len());
 }
