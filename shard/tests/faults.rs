@@ -367,3 +367,58 @@ fn interval_topics_sync_on_the_maintenance_timer() {
         assert!(disk.stats().syncs > syncs, "due: synced");
     });
 }
+
+#[test]
+fn appends_dropped_mid_flush_lose_nothing() {
+    use futures::FutureExt;
+    let disk = MemDisk::new(10);
+    let clock = ManualClock::new(0);
+    block_on(async {
+        let engine = open(&disk, &clock, 64 << 10).await;
+        engine
+            .create_topic(topic("x", 1, Durability::Always))
+            .await
+            .unwrap();
+        let mut acked = Vec::new();
+        // Every disk operation yields first, so each poll stops at the next await.
+        disk.set_faults(Faults {
+            yield_first: 1.0,
+            ..Faults::default()
+        });
+        for polls in 1..12 {
+            let dropped = batch(1, 9000, 0, polls as u8);
+            {
+                let mut future = Box::pin(engine.append("x", 0, &dropped));
+                for _ in 0..polls {
+                    if (&mut future).now_or_never().is_some() {
+                        break;
+                    }
+                }
+                // Dropped here, possibly in the middle of its flush.
+            }
+            let b = batch(1, 9000, 0, 100 + polls as u8);
+            let out = engine.append("x", 0, &b).await.unwrap();
+            acked.push((
+                out.base_offset,
+                stored(&b, out.base_offset, out.append_time_ms),
+            ));
+            let hw = engine.high_watermark("x", 0).unwrap();
+            let all = engine.read("x", 0, 0, u32::MAX).await.unwrap();
+            let mut next = 0;
+            for b in coremq_wire::batch::split_batches(&all.batches) {
+                let h = coremq_wire::batch::verify_batch(b.unwrap()).unwrap();
+                assert_eq!(h.base_offset, next);
+                next = h.next_offset();
+            }
+            assert_eq!(next, hw);
+        }
+        disk.set_faults(Faults::default());
+        drop(engine);
+        disk.crash();
+        let engine = open(&disk, &clock, 64 << 10).await;
+        for (offset, bytes) in &acked {
+            let got = engine.read("x", 0, *offset, 1).await.unwrap();
+            assert!(&got.batches == bytes, "acked batch at {offset} differs");
+        }
+    });
+}

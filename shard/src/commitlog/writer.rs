@@ -4,9 +4,10 @@
 //! starts at a block boundary of the current segment. A flush *seals* the
 //! active chunk (zero-pads it to a block multiple and freezes it behind an
 //! `Rc`), starts a new active chunk with a copy of the partial last block,
-//! and writes the sealed chunks in order, one aligned write each; the
-//! partial block is thus rewritten by the next flush. A chunk that fills up
-//! is sealed early and waits for the flush with the rest.
+//! and writes the sealed chunks, one aligned write each; the partial block
+//! is thus rewritten by the next flush. A chunk that fills up is sealed
+//! early, whole blocks only (its partial block moves to the next chunk), so
+//! the chunks of one flush never overlap and are written concurrently.
 //!
 //! Positions, all global log positions:
 //! `durable_end <= written_end <= end`; data below `written_end` is on disk,
@@ -202,7 +203,7 @@ impl<F: DiskFile> Writer<F> {
         assert!(length as u64 <= self.room(), "caller checks room first");
         if self.active.len + length > self.active.capacity() {
             let tail = (self.end - align_down(self.end)) as usize;
-            self.seal_active(align_up((tail + length) as u64) as usize);
+            self.seal_active(align_up((tail + length) as u64) as usize, true);
         }
         let position = self.end;
         let at = self.active.len;
@@ -215,8 +216,12 @@ impl<F: DiskFile> Writer<F> {
     }
 
     /// Freezes the active chunk into the pending list and starts a new one
-    /// at the partial last block, holding a copy of it.
-    fn seal_active(&mut self, min_capacity: usize) {
+    /// at its partial last block. `whole_blocks`: seal only the full blocks
+    /// and move the partial one over (a chunk that filled up; chunks of one
+    /// flush then never overlap and may be written concurrently). Otherwise
+    /// seal everything, padded, and copy the partial block (a flush: the
+    /// next flush rewrites it).
+    fn seal_active(&mut self, min_capacity: usize, whole_blocks: bool) {
         let tail_start = align_down(self.end).max(self.active.segment_base);
         let tail_len = (self.end - tail_start) as usize;
         let capacity = self
@@ -235,7 +240,10 @@ impl<F: DiskFile> Writer<F> {
             buffer,
             len: tail_len,
         };
-        let old = std::mem::replace(&mut self.active, next);
+        let mut old = std::mem::replace(&mut self.active, next);
+        if whole_blocks {
+            old.len = from;
+        }
         self.push_sealed(old);
     }
 
@@ -288,7 +296,7 @@ impl<F: DiskFile> Writer<F> {
             .next_power_of_two()
             .clamp(MIN_CHUNK_BYTES, MAX_CHUNK_BYTES);
         if self.active.len > 0 && self.active.end() > self.covered_end() {
-            self.seal_active(0);
+            self.seal_active(0, false);
         }
         Pending {
             chunks: self.sealed.drain(..).collect(),

@@ -16,7 +16,7 @@ use coremq_wire::BatchError;
 use std::rc::Rc;
 
 /// Unflushed bytes above which appends wait for a flush before copying.
-pub(crate) const MAX_PENDING_BYTES: u64 = 64 << 20;
+pub const MAX_PENDING_BYTES: u64 = 64 << 20;
 
 enum Step {
     Copied,
@@ -123,7 +123,7 @@ impl<D: Disk, C: Clock> Engine<D, C> {
                 Step::Copied => unreachable!("a partial copy always asks for a roll"),
                 Step::Roll(need) => self.roll(need).await?,
                 Step::Flush => {
-                    let _flush = self.flush_lock.lock().await;
+                    let _flush = self.flush_gate.enter().await;
                     self.flush_locked(false).await?;
                 }
             }
@@ -184,17 +184,28 @@ impl<D: Disk, C: Clock> Engine<D, C> {
             if self.satisfied(end, needs_sync, copied_at)? {
                 return Ok(());
             }
-            let _flush = self.flush_lock.lock().await;
-            if self.satisfied(end, needs_sync, copied_at)? {
-                return Ok(());
+            match self.flush_gate.try_enter() {
+                Some(permit) => {
+                    // A flush can fail on someone else's part (a sync an
+                    // `always` append needed) after this append's own write
+                    // succeeded: judge by our own data.
+                    let flushed = self.flush_locked(false).await;
+                    drop(permit);
+                    if self.satisfied(end, needs_sync, copied_at)? {
+                        return Ok(());
+                    }
+                    flushed?;
+                }
+                None => {
+                    let listener = self.flush_gate.listen();
+                    if self.satisfied(end, needs_sync, copied_at)? {
+                        return Ok(());
+                    }
+                    if self.flush_gate.is_busy() {
+                        listener.await;
+                    }
+                }
             }
-            // A flush can fail on someone else's part (a sync an `always`
-            // append needed) after this append's own write succeeded.
-            let flushed = self.flush_locked(false).await;
-            if self.satisfied(end, needs_sync, copied_at)? {
-                return Ok(());
-            }
-            flushed?;
         }
     }
 

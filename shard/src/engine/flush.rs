@@ -1,6 +1,12 @@
 //! One flush: write every pending chunk (one aligned write each), then
 //! fdatasync the touched segment files if any pending append needs it.
-//! Only the holder of `flush_lock` runs this.
+//! Only the holder of the flush gate's permit runs this.
+//!
+//! Cancel safety: the caller's future may be dropped at any await (a client
+//! goes away). Chunks taken for writing are handed back by [`InFlight`]'s
+//! drop unless the write completed, and files stay in the dirty list until a
+//! sync of them succeeds, so a cancelled flush loses nothing and the next
+//! one redoes it.
 
 use super::{Engine, Failure};
 use crate::clock::Clock;
@@ -10,12 +16,32 @@ use crate::storage::StorageError;
 use std::io;
 use std::time::Instant;
 
+fn overlap<F: DiskFile>(a: &SealedChunk<F>, b: &SealedChunk<F>) -> bool {
+    a.segment_base == b.segment_base && b.start < a.start + a.data.as_bytes().len() as u64
+}
+
+/// Chunks being written; returned to the writer if not written.
+struct InFlight<'a, D: Disk, C: Clock> {
+    engine: &'a Engine<D, C>,
+    chunks: Option<Vec<SealedChunk<D::File>>>,
+}
+
+impl<D: Disk, C: Clock> Drop for InFlight<'_, D, C> {
+    fn drop(&mut self) {
+        if let Some(chunks) = self.chunks.take() {
+            if let Ok(mut state) = self.engine.state() {
+                state.writer.restore(chunks);
+            }
+        }
+    }
+}
+
 impl<D: Disk, C: Clock> Engine<D, C> {
     /// Writes everything pending; syncs if `force_sync` or an append needs
     /// it. On failure nothing moves: the chunks go back to be retried and
     /// the failure is recorded for the appends it covered.
     pub(crate) async fn flush_locked(&self, force_sync: bool) -> Result<(), StorageError> {
-        let (pending, want_sync, attempt) = {
+        let (chunks, target_end, target_chain, want_sync, attempt) = {
             let mut state = self.state()?;
             let durable = state.writer.durable_end();
             let want_sync =
@@ -25,22 +51,48 @@ impl<D: Disk, C: Clock> Engine<D, C> {
             }
             state.flush_attempts += 1;
             let pending = state.writer.take_pending();
-            (pending, want_sync, state.flush_attempts)
+            (
+                pending.chunks,
+                pending.target_end,
+                pending.target_chain,
+                want_sync,
+                state.flush_attempts,
+            )
+        };
+        let mut in_flight = InFlight {
+            engine: self,
+            chunks: Some(chunks),
         };
         let mut bytes = 0u64;
-        for chunk in &pending.chunks {
-            if let Err((op, path, error)) = self.write_chunk(chunk).await {
-                let mut state = self.state()?;
-                state.writer.restore(pending.chunks);
-                return Err(self.record_failure(&mut state.failure, attempt, op, path, error));
+        let taken = in_flight.chunks.as_deref().unwrap_or_default();
+        let mut from = 0;
+        while from < taken.len() {
+            // Chunks of one flush do not overlap and go out together; only a
+            // retried chunk overlaps the next one and must land first.
+            let mut to = from + 1;
+            while to < taken.len() && !overlap(&taken[to - 1], &taken[to]) {
+                to += 1;
             }
-            bytes += chunk.data.as_bytes().len() as u64;
+            let writes = taken[from..to].iter().map(|chunk| self.write_chunk(chunk));
+            for result in futures::future::join_all(writes).await {
+                if let Err((op, path, error)) = result {
+                    drop(in_flight); // back to the writer, to be retried
+                    let mut state = self.state()?;
+                    return Err(self.record_failure(&mut state.failure, attempt, op, path, error));
+                }
+            }
+            bytes += taken[from..to]
+                .iter()
+                .map(|c| c.data.as_bytes().len() as u64)
+                .sum::<u64>();
+            from = to;
         }
+        let chunks = in_flight.chunks.take().expect("still held");
         {
             let mut guard = self.state()?;
             let state = &mut *guard;
-            state.writer.mark_written(pending.target_end);
-            for chunk in pending.chunks {
+            state.writer.mark_written(target_end);
+            for chunk in chunks {
                 if !state
                     .dirty_files
                     .iter()
@@ -65,19 +117,15 @@ impl<D: Disk, C: Clock> Engine<D, C> {
         if !want_sync {
             return Ok(());
         }
-        let files = std::mem::take(&mut self.state()?.dirty_files);
-        for (i, (base, file)) in files.iter().enumerate() {
+        // Clones: a file leaves the dirty list only once a sync of it worked.
+        let files = self.state()?.dirty_files.clone();
+        for (base, file) in &files {
             let started = Instant::now();
             let synced = file.sync().await;
             let micros = started.elapsed().as_micros() as u64;
             let _ = self.metrics.fsync_us.borrow_mut().record(micros.max(1));
             if let Err(error) = synced {
                 let mut state = self.state()?;
-                for (base, file) in &files[i..] {
-                    if !state.dirty_files.iter().any(|(b, _)| b == base) {
-                        state.dirty_files.push((*base, file.clone()));
-                    }
-                }
                 let path = self.segment_path(*base);
                 return Err(self.record_failure(
                     &mut state.failure,
@@ -90,9 +138,9 @@ impl<D: Disk, C: Clock> Engine<D, C> {
         }
         {
             let mut state = self.state()?;
-            state
-                .writer
-                .mark_durable(pending.target_end, pending.target_chain);
+            // Only the permit holder writes, so nothing was dirtied meanwhile.
+            state.dirty_files.clear();
+            state.writer.mark_durable(target_end, target_chain);
             if state.writer.durable_end() >= state.interval_needed_end {
                 state.interval_due_ms = None;
             }

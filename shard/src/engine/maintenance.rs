@@ -19,7 +19,7 @@ impl<D: Disk, C: Clock> Engine<D, C> {
         let now = self.clock.now_ms();
         let sync_due = self.state()?.interval_due_ms.is_some_and(|due| due <= now);
         if sync_due {
-            let _flush = self.flush_lock.lock().await;
+            let _flush = self.flush_gate.enter().await;
             self.flush_locked(true).await?;
         }
         self.prepare_next_segment().await?;
@@ -106,7 +106,7 @@ impl<D: Disk, C: Clock> Engine<D, C> {
     /// of the durable end, then deletes segments retention gave up.
     pub(crate) async fn checkpoint_locked(&self) -> Result<(), StorageError> {
         {
-            let _flush = self.flush_lock.lock().await;
+            let _flush = self.flush_gate.enter().await;
             self.flush_locked(true).await?;
         }
         let (image, position) = {
@@ -192,7 +192,7 @@ impl<D: Disk, C: Clock> Engine<D, C> {
         }
         self.checkpoint_locked().await?;
         let _roll = self.roll_lock.lock().await;
-        let _flush = self.flush_lock.lock().await;
+        let _flush = self.flush_gate.enter().await;
         self.flush_locked(true).await?;
         let Some(state) = self.state.borrow_mut().take() else {
             return Ok(());

@@ -2,21 +2,23 @@
 //!
 //! [`Engine`] owns one shard's log, indexes, catalog and cache. It runs on one
 //! thread (the shard's executor, or a test executor): state lives in a
-//! `RefCell` that is never borrowed across an `.await`, and three async
-//! locks order the few operations that must not interleave:
-//! - `flush_lock`: one flush (write + fdatasync) at a time; appends that
+//! `RefCell` that is never borrowed across an `.await`, and three gates
+//! order the few operations that must not interleave:
+//! - `flush_gate`: one flush (write + fdatasync) at a time; appends that
 //!   arrive meanwhile wait for it and are written together by the next one
-//!   (group commit);
+//!   (group commit, see `gate`);
 //! - `roll_lock`: one segment roll at a time;
 //! - `catalog_lock`: topic creation / deletion and checkpoints, so a
 //!   checkpoint never sees a half-applied catalog change.
 
 mod append;
 mod flush;
+mod gate;
 mod maintenance;
 mod read;
 
 pub(crate) use append::write_snapshot;
+pub use append::MAX_PENDING_BYTES;
 
 use crate::catalog::{owns, Catalog, TopicRecord};
 use crate::clock::Clock;
@@ -225,7 +227,7 @@ pub struct Engine<D: Disk, C: Clock> {
     state: RefCell<Option<State<D::File>>>,
     /// Durable end at close, for appends that were waiting when it closed.
     closed_durable_end: Cell<u64>,
-    flush_lock: Mutex<()>,
+    flush_gate: gate::FlushGate,
     roll_lock: Mutex<()>,
     catalog_lock: Mutex<()>,
     appended: event_listener::Event,
@@ -246,7 +248,7 @@ impl<D: Disk, C: Clock> Engine<D, C> {
             clock,
             log_dir,
             index_dir,
-            flush_lock: Mutex::new(()),
+            flush_gate: gate::FlushGate::default(),
             roll_lock: Mutex::new(()),
             catalog_lock: Mutex::new(()),
             appended: event_listener::Event::new(),
