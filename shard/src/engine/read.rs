@@ -123,6 +123,8 @@ impl<D: Disk, C: Clock> Engine<D, C> {
     }
 
     /// Reads entries of one segment with one aligned read, verifying each.
+    /// A run that fails verification is read once more (a flip on the way
+    /// from the device); bytes that fail twice are never served.
     async fn read_run(
         &self,
         file: &Rc<D::File>,
@@ -136,37 +138,61 @@ impl<D: Disk, C: Clock> Engine<D, C> {
         let from = align_down(first);
         let len = (align_up(last_end) - from) as usize;
         let path = self.segment_path(segment_base);
-        let bytes = file
-            .read_at(from, len)
-            .await
-            .map_err(|e| io_error("reading", &path, e))?;
-        for e in run {
-            let at = (e.position - segment_base - from) as usize;
-            let entry = bytes
-                .get(at..at + e.length as usize)
-                .ok_or_else(|| corrupt(&path, e, "short read"))?;
-            // Pair assertion on read: the CRCs checked at append hold again.
-            match parse_entry(entry, e.length as u64) {
-                Parsed::Entry(h)
-                    if h.kind == EntryKind::Batch
-                        && (h.topic_id, h.partition) == key
-                        && h.length == e.length =>
-                {
-                    let batch = &entry[ENTRY_HEADER_LEN..];
-                    let header = coremq_wire::BatchHeader::parse(batch)?;
-                    if header.base_offset != e.base_offset {
-                        return Err(corrupt(&path, e, "base offset differs from the index"));
+        let keep = out.len();
+        for attempt in 0..2 {
+            let bytes = file
+                .read_at(from, len)
+                .await
+                .map_err(|e| io_error("reading", &path, e))?;
+            match verify_run(&bytes, from + segment_base, key, run, out) {
+                Ok(()) => return Ok(()),
+                Err((entry, reason)) => {
+                    out.truncate(keep);
+                    if attempt == 0 {
+                        tracing::warn!(path = %path, position = entry.position, reason, "stored batch fails verification; reading it again");
+                    } else {
+                        return Err(corrupt(&path, &entry, reason));
                     }
-                    out.extend_from_slice(batch);
-                }
-                other => {
-                    tracing::error!(path = %path, position = e.position, ?other, "stored batch fails verification; not served");
-                    return Err(corrupt(&path, e, "entry fails verification"));
                 }
             }
         }
-        Ok(())
+        unreachable!("the second attempt returns")
     }
+}
+
+/// Checks every entry of `run` in `bytes` (read from global position
+/// `bytes_start`) and appends the batches to `out`.
+fn verify_run(
+    bytes: &[u8],
+    bytes_start: u64,
+    key: (u32, u32),
+    run: &[IndexEntry],
+    out: &mut Vec<u8>,
+) -> Result<(), (IndexEntry, &'static str)> {
+    for e in run {
+        let at = (e.position - bytes_start) as usize;
+        let entry = bytes
+            .get(at..at + e.length as usize)
+            .ok_or((*e, "short read"))?;
+        // Pair assertion on read: the CRCs checked at append hold again.
+        match parse_entry(entry, e.length as u64) {
+            Parsed::Entry(h)
+                if h.kind == EntryKind::Batch
+                    && (h.topic_id, h.partition) == key
+                    && h.length == e.length =>
+            {
+                let batch = &entry[ENTRY_HEADER_LEN..];
+                let header =
+                    coremq_wire::BatchHeader::parse(batch).map_err(|_| (*e, "short batch"))?;
+                if header.base_offset != e.base_offset {
+                    return Err((*e, "base offset differs from the index"));
+                }
+                out.extend_from_slice(batch);
+            }
+            _ => return Err((*e, "entry fails verification")),
+        }
+    }
+    Ok(())
 }
 
 fn corrupt(path: &str, e: &IndexEntry, reason: &'static str) -> StorageError {
