@@ -387,7 +387,9 @@ impl Producer {
         };
         match result {
             Ok((partition, index, completion, sealed)) => {
-                if sealed || inner.config.linger.is_zero() {
+                // A new batch (index 0) needs the flusher to arm its linger
+                // timer: an idle flusher sleeps without one.
+                if sealed || index == 0 || inner.config.linger.is_zero() {
                     inner.wake.notify_one();
                 }
                 Ok((partition, index, completion))

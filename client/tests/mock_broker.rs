@@ -272,3 +272,21 @@ async fn dropped_connection_fails_pending_requests_then_reconnects() {
     // A fresh connection works.
     client.produce("t", 0, &batch).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_lone_record_is_sent_after_linger() {
+    let (addr, _mock) = start(None).await;
+    let client = Client::connect(&addr).await.unwrap();
+    let producer = Producer::builder(client)
+        .linger(Duration::from_millis(5))
+        .build();
+    for _ in 0..3 {
+        // Each send finds the flusher idle (nothing open): it must still go out.
+        let sent = tokio::time::timeout(
+            Duration::from_secs(5),
+            producer.send(Record::new("t", b"alone").partition(0)),
+        )
+        .await;
+        assert!(matches!(sent, Ok(Ok(_))), "{sent:?}");
+    }
+}

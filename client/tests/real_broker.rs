@@ -1,0 +1,224 @@
+//! The client against the real `coremq` binary (target/<profile>/coremq, built
+//! by `cargo test --workspace`); skipped, saying so, only when it does not exist.
+
+use coremq_client::{
+    Admin, Client, Consumer, ErrorCode, OffsetSpec, Producer, Record, TopicConfig,
+};
+use futures::StreamExt;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn broker_binary() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let candidate = exe.parent()?.parent()?.join("coremq");
+    if candidate.is_file() {
+        Some(candidate)
+    } else {
+        eprintln!(
+            "SKIPPED: broker binary {} does not exist (build it with `cargo build --bin coremq`)",
+            candidate.display()
+        );
+        None
+    }
+}
+
+struct Broker {
+    binary: PathBuf,
+    child: Child,
+    addr: String,
+    dir: tempfile::TempDir,
+}
+
+impl Broker {
+    fn start(binary: &Path) -> Broker {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_ports(3);
+        let addr = format!("127.0.0.1:{port}");
+        let child = spawn(binary, &addr, dir.path());
+        Broker {
+            binary: binary.to_path_buf(),
+            child,
+            addr,
+            dir,
+        }
+    }
+
+    /// SIGKILL, then start again on the same data dir and port.
+    fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn(&self.binary, &self.addr, self.dir.path());
+    }
+}
+
+fn spawn(binary: &Path, addr: &str, dir: &Path) -> Child {
+    let child = Command::new(binary)
+        .args(["--shards", "2", "--listen", addr, "--data-dir"])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the broker");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "broker did not listen on {addr}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_ports(count: u16) -> u16 {
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if port < 60000 && (0..count).all(|i| TcpListener::bind(("127.0.0.1", port + i)).is_ok()) {
+            return port;
+        }
+    }
+}
+
+#[tokio::test]
+async fn admin_producer_consumer_round_trip() {
+    let Some(binary) = broker_binary() else {
+        return;
+    };
+    let broker = Broker::start(&binary);
+    let client = Client::connect(broker.addr.as_str()).await.unwrap();
+    assert_eq!(client.metadata().shard_count, 2);
+    let admin = Admin::new(client.clone());
+    admin
+        .create_topic("orders", &TopicConfig::new(3))
+        .await
+        .unwrap();
+    let again = admin
+        .create_topic("orders", &TopicConfig::new(3))
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Some(ErrorCode::TopicAlreadyExists), "{again}");
+    let topics = admin.list_topics().await.unwrap();
+    assert!(topics
+        .iter()
+        .any(|t| t.name == "orders" && t.partitions == 3));
+
+    let producer = Producer::builder(client.clone()).build();
+    let values: Vec<String> = (0..300).map(|i| format!("order-{i}")).collect();
+    let keys = [b"alice".as_slice(), b"bob", b"carol"];
+    let headers: &[(&[u8], &[u8])] = &[(b"h", b"v")];
+    let sends = values.iter().enumerate().map(|(i, v)| {
+        producer.send(
+            Record::new("orders", v.as_bytes())
+                .key(keys[i % 3])
+                .headers(headers),
+        )
+    });
+    let acks = futures::future::join_all(sends).await;
+    let acks: Vec<(u32, u64)> = acks.into_iter().map(|a| a.unwrap()).collect();
+    producer.flush().await.unwrap();
+
+    // Same key, same partition, offsets increasing in send order.
+    for key in 0..3 {
+        let mine: Vec<&(u32, u64)> = acks.iter().skip(key).step_by(3).collect();
+        assert!(mine.iter().all(|(p, _)| *p == mine[0].0));
+        assert!(mine.windows(2).all(|w| w[0].1 < w[1].1));
+    }
+
+    let consumer = Consumer::new(client.clone());
+    let (partition, _) = acks[0];
+    let expected: Vec<&String> = values
+        .iter()
+        .zip(&acks)
+        .filter(|(_, (p, _))| *p == partition)
+        .map(|(v, _)| v)
+        .collect();
+    let start = consumer
+        .offset("orders", partition, OffsetSpec::Earliest)
+        .await
+        .unwrap();
+    let latest = consumer
+        .offset("orders", partition, OffsetSpec::Latest)
+        .await
+        .unwrap();
+    assert_eq!(latest - start, expected.len() as u64);
+    let records: Vec<_> = consumer
+        .stream("orders", partition, start)
+        .take(expected.len())
+        .collect()
+        .await;
+    for (record, value) in records.iter().zip(&expected) {
+        let record = record.as_ref().unwrap();
+        assert_eq!(record.value, value.as_bytes());
+        assert_eq!(record.headers.len(), 1);
+    }
+
+    // Batch-level fetch from the middle of a batch skips earlier records.
+    let fetched = consumer
+        .fetch("orders", partition, start + 5)
+        .await
+        .unwrap();
+    let summary = fetched.summarize(true).unwrap();
+    assert_eq!(summary.records, expected.len() as u64 - 5);
+    assert_eq!(summary.next_offset, latest);
+    assert_eq!(fetched.records().unwrap()[0].offset, start + 5);
+
+    let out_of_range = consumer
+        .fetch("orders", partition, latest + 100)
+        .await
+        .unwrap_err();
+    assert_eq!(out_of_range.code(), Some(ErrorCode::OffsetOutOfRange));
+
+    let stats = admin.stats(false).await.unwrap();
+    assert_eq!(stats.len(), 2);
+    assert!(stats.iter().any(|s| s.histogram("produce_us").is_some()));
+
+    admin.delete_topic("orders").await.unwrap();
+    let gone = producer
+        .send(Record::new("orders", b"x").partition(0))
+        .await;
+    assert!(gone.is_err());
+}
+
+#[tokio::test]
+async fn client_reconnects_after_the_broker_restarts() {
+    let Some(binary) = broker_binary() else {
+        return;
+    };
+    let mut broker = Broker::start(&binary);
+    let client = Client::connect(broker.addr.as_str()).await.unwrap();
+    Admin::new(client.clone())
+        .create_topic("t", &TopicConfig::new(2))
+        .await
+        .unwrap();
+    let mut batch = coremq_wire::BatchBuilder::with_capacity(256);
+    batch.push(1, None, b"before", &[]).unwrap();
+    let batch = batch.finish();
+    let first = client.produce("t", 0, &batch).await.unwrap();
+    broker.restart();
+    // The old connection is dead: the first call may fail, later ones reconnect.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let ack = loop {
+        match client.produce("t", 0, &batch).await {
+            Ok(ack) => break ack,
+            Err(error) => {
+                assert!(error.is_connection(), "{error}");
+                assert!(Instant::now() < deadline, "no reconnect: {error}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert!(
+        ack.base_offset > first.base_offset,
+        "acked data survives a restart"
+    );
+}
