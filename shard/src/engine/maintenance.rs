@@ -8,6 +8,8 @@ use crate::commitlog::segments::Segment;
 use crate::disk::{close_shared, Disk, DiskFile, IoBuffer};
 use crate::engine::io_error;
 use crate::index::checkpoint::{CheckpointEncoder, CHECKPOINT_FILE, CHECKPOINT_TMP_FILE};
+use crate::index::segment_index::{segment_index_file_name, SegmentIndex};
+use crate::index::IndexEntry;
 use crate::retention::{retention_cut, PartitionView};
 use crate::storage::StorageError;
 use std::rc::Rc;
@@ -102,22 +104,47 @@ impl<D: Disk, C: Clock> Engine<D, C> {
         Ok(true)
     }
 
-    /// Caller holds `catalog_lock`. Flushes and syncs, records the index as
-    /// of the durable end, then deletes segments retention gave up.
+    /// Caller holds `catalog_lock`. Flushes and syncs, writes the index of
+    /// every newly sealed segment, records the rest of the index as of the
+    /// durable end, then deletes segments retention gave up.
     pub(crate) async fn checkpoint_locked(&self) -> Result<(), StorageError> {
         {
             let _flush = self.flush_gate.enter().await;
             self.flush_locked(true).await?;
         }
+        // Everything before the segment being written is synced now.
+        let (sealed, indexed_below) = {
+            let state = self.state()?;
+            let active = state.writer.segment_base();
+            let sealed: Vec<SegmentIndex> = state
+                .segments
+                .iter()
+                .filter(|s| s.base >= state.indexed_below && s.base < active)
+                .map(|s| segment_index_of(&state, s.base, s.size))
+                .collect();
+            (sealed, active.max(state.indexed_below))
+        };
+        for index in &sealed {
+            let name = segment_index_file_name(index.base);
+            let tmp = self.index_dir.join(format!("{name}.tmp"));
+            self.write_file_atomically(&tmp, &self.index_dir.join(&name), &index.encode())
+                .await?;
+        }
         let (image, position) = {
             let state = self.state()?;
-            (checkpoint_image(&state), state.writer.durable_end())
+            (
+                checkpoint_image(&state, indexed_below),
+                state.writer.durable_end(),
+            )
         };
-        self.write_checkpoint_file(&image).await?;
+        let tmp = self.index_dir.join(CHECKPOINT_TMP_FILE);
+        let path = self.index_dir.join(CHECKPOINT_FILE);
+        self.write_file_atomically(&tmp, &path, &image).await?;
         let doomed = {
             let mut state = self.state()?;
             state.last_checkpoint_ms = self.clock.now_ms();
             state.checkpointed_position = position;
+            state.indexed_below = indexed_below;
             std::mem::take(&mut state.doomed)
         };
         if !doomed.is_empty() {
@@ -126,13 +153,18 @@ impl<D: Disk, C: Clock> Engine<D, C> {
         Ok(())
     }
 
-    async fn write_checkpoint_file(&self, image: &[u8]) -> Result<(), StorageError> {
-        let tmp = self.index_dir.join(CHECKPOINT_TMP_FILE);
-        let path = self.index_dir.join(CHECKPOINT_FILE);
+    /// tmp file, fdatasync, rename, directory sync: a crash leaves the old
+    /// file or the new one.
+    async fn write_file_atomically(
+        &self,
+        tmp: &std::path::Path,
+        path: &std::path::Path,
+        image: &[u8],
+    ) -> Result<(), StorageError> {
         let shown = path.display().to_string();
         let file = self
             .disk
-            .create(&tmp)
+            .create(tmp)
             .await
             .map_err(|e| io_error("creating", &shown, e))?;
         let written = async {
@@ -143,14 +175,13 @@ impl<D: Disk, C: Clock> Engine<D, C> {
                 .await
                 .map_err(|e| io_error("writing", &shown, e))?;
             if n != image.len() {
-                let e =
-                    std::io::Error::new(std::io::ErrorKind::WriteZero, "short checkpoint write");
+                let e = std::io::Error::new(std::io::ErrorKind::WriteZero, "short write");
                 return Err(io_error("writing", &shown, e));
             }
             file.sync()
                 .await
                 .map_err(|e| io_error("syncing", &shown, e))?;
-            file.rename(&path)
+            file.rename(path)
                 .await
                 .map_err(|e| io_error("renaming", &shown, e))
         }
@@ -158,8 +189,9 @@ impl<D: Disk, C: Clock> Engine<D, C> {
         let closed = file.close().await;
         written?;
         closed.map_err(|e| io_error("closing", &shown, e))?;
+        let dir = path.parent().unwrap_or(&self.index_dir);
         self.disk
-            .sync_dir(&self.index_dir)
+            .sync_dir(dir)
             .await
             .map_err(|e| io_error("syncing directory of", &shown, e))
     }
@@ -175,12 +207,20 @@ impl<D: Disk, C: Clock> Engine<D, C> {
             close_shared(segment.file)
                 .await
                 .map_err(|e| io_error("closing", &path, e))?;
+            remove_if_present(
+                &self.disk,
+                &self.index_dir.join(segment_index_file_name(segment.base)),
+            )
+            .await?;
         }
-        let shown = self.log_dir.display().to_string();
-        self.disk
-            .sync_dir(&self.log_dir)
-            .await
-            .map_err(|e| io_error("syncing directory", &shown, e))
+        for dir in [&self.log_dir, &self.index_dir] {
+            let shown = dir.display().to_string();
+            self.disk
+                .sync_dir(dir)
+                .await
+                .map_err(|e| io_error("syncing directory", &shown, e))?;
+        }
+        Ok(())
     }
 
     /// Flushes and syncs everything, writes a checkpoint, closes files.
@@ -255,14 +295,55 @@ fn retention_cut_of<F: DiskFile>(state: &State<F>, now: i64) -> Option<u64> {
     retention_cut(&ends, &views, now)
 }
 
-/// The checkpoint image as of the durable end.
-fn checkpoint_image<F: DiskFile>(state: &State<F>) -> Vec<u8> {
+/// The batches of one sealed segment, from the in-memory index.
+fn segment_index_of<F: DiskFile>(state: &State<F>, base: u64, size: u64) -> SegmentIndex {
+    let mut keys: Vec<_> = state.partitions.keys().copied().collect();
+    keys.sort_unstable();
+    let partitions = keys
+        .into_iter()
+        .filter_map(|key| {
+            let entries: Vec<IndexEntry> = state.partitions[&key]
+                .index
+                .between(base, base + size)
+                .copied()
+                .collect();
+            (!entries.is_empty()).then_some((key.0, key.1, entries))
+        })
+        .collect();
+    SegmentIndex {
+        base,
+        size,
+        partitions,
+    }
+}
+
+/// Removes a file if it exists (used for index files, which may not).
+pub(crate) async fn remove_if_present<D: Disk>(
+    disk: &D,
+    path: &std::path::Path,
+) -> Result<(), StorageError> {
+    let shown = path.display().to_string();
+    match disk.open(path).await {
+        Ok(file) => {
+            let removed = file.remove().await;
+            let _ = file.close().await;
+            removed.map_err(|e| io_error("removing", &shown, e))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_error("opening", &shown, e)),
+    }
+}
+
+/// The checkpoint image as of the durable end; batches before
+/// `indexed_below` live in segment index files instead.
+fn checkpoint_image<F: DiskFile>(state: &State<F>, indexed_below: u64) -> Vec<u8> {
     let position = state.writer.durable_end();
     let first_segment_base = state.segments.first().map_or(0, |s| s.base);
     let mut e = CheckpointEncoder::new(
         position,
         state.writer.durable_chain(),
         first_segment_base,
+        indexed_below,
         state.catalog.next_topic_id(),
     );
     let mut topics: Vec<_> = state.catalog.topics().collect();
@@ -278,12 +359,13 @@ fn checkpoint_image<F: DiskFile>(state: &State<F>) -> Vec<u8> {
             .index
             .get(covered)
             .map_or(p.next_offset, |e| e.base_offset);
+        let from = p.index.count_before(indexed_below).min(covered);
         e.partition(
             p.topic_id,
             p.partition,
             p.log_start_offset,
             next_offset,
-            p.index.iter().take(covered),
+            p.index.iter().skip(from).take(covered - from),
         );
     }
     e.finish()

@@ -19,6 +19,7 @@ mod read;
 
 pub(crate) use append::write_snapshot;
 pub use append::MAX_PENDING_BYTES;
+pub(crate) use maintenance::remove_if_present;
 
 use crate::catalog::{owns, Catalog, TopicRecord};
 use crate::clock::Clock;
@@ -146,6 +147,8 @@ pub(crate) struct State<F: DiskFile> {
     pub prepared: Option<crate::commitlog::segments::Segment<F>>,
     /// Segments retention dropped, deleted after the next checkpoint.
     pub doomed: Vec<crate::commitlog::segments::Segment<F>>,
+    /// Sealed segments below this position have their `.idx` file.
+    pub indexed_below: u64,
 }
 
 impl<F: DiskFile> State<F> {

@@ -14,23 +14,26 @@
 //!   u64 position            log position the checkpoint covers (synced data)
 //!   u32 chain               crc of the last entry before `position`
 //!   u64 first_segment_base  segments ending at or before it are garbage
+//!   u64 indexed_below       batches before this position are in `<base>.idx`
+//!                           files, not here
 //!   u32 next_topic_id
 //!   u32 topic count, topics (catalog::encode_topic)
 //!   u32 partition count, per partition:
 //!     u32 topic_id, u32 partition, u64 log_start_offset, u64 next_offset,
-//!     u32 entry count, entries: u64 base_offset, u32 record_count,
-//!     u32 length, u64 position, i64 running max timestamp, i64 append time
+//!     u32 entry count (batches at or after `indexed_below`), entries:
+//!     u64 base_offset, u32 record_count, u32 length, u64 position,
+//!     i64 running max timestamp, i64 append time
 //! ```
 
 use crate::catalog::{decode_topic, encode_topic, TopicRecord};
-use crate::codec::{align_up, get_u32, put_i64, put_u32, put_u64, Reader};
+use crate::codec::{put_u32, put_u64, Reader};
+use crate::index::segment_index::{frame, get_entry, put_entry, unframe};
 use crate::index::IndexEntry;
 
 pub const CHECKPOINT_FILE: &str = "checkpoint";
 pub const CHECKPOINT_TMP_FILE: &str = "checkpoint.tmp";
 const MAGIC: &[u8; 8] = b"CMQCKPT1";
-const VERSION: u32 = 1;
-const HEADER_LEN: usize = 32;
+const VERSION: u32 = 2;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PartitionCheckpoint {
@@ -46,6 +49,7 @@ pub struct Checkpoint {
     pub position: u64,
     pub chain: u32,
     pub first_segment_base: u64,
+    pub indexed_below: u64,
     pub next_topic_id: u32,
     pub topics: Vec<TopicRecord>,
     pub partitions: Vec<PartitionCheckpoint>,
@@ -57,11 +61,18 @@ pub struct CheckpointEncoder {
 }
 
 impl CheckpointEncoder {
-    pub fn new(position: u64, chain: u32, first_segment_base: u64, next_topic_id: u32) -> Self {
+    pub fn new(
+        position: u64,
+        chain: u32,
+        first_segment_base: u64,
+        indexed_below: u64,
+        next_topic_id: u32,
+    ) -> Self {
         let mut body = Vec::with_capacity(1 << 16);
         put_u64(&mut body, position);
         put_u32(&mut body, chain);
         put_u64(&mut body, first_segment_base);
+        put_u64(&mut body, indexed_below);
         put_u32(&mut body, next_topic_id);
         CheckpointEncoder { body }
     }
@@ -92,28 +103,13 @@ impl CheckpointEncoder {
         put_u64(b, next_offset);
         put_u32(b, entries.len() as u32);
         for e in entries {
-            put_u64(b, e.base_offset);
-            put_u32(b, e.record_count);
-            put_u32(b, e.length);
-            put_u64(b, e.position);
-            put_i64(b, e.max_timestamp_ms);
-            put_i64(b, e.append_time_ms);
+            put_entry(b, e);
         }
     }
 
     /// The file image, padded to a block multiple.
     pub fn finish(self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(align_up((HEADER_LEN + self.body.len()) as u64) as usize);
-        out.extend_from_slice(MAGIC);
-        put_u32(&mut out, VERSION);
-        put_u32(&mut out, 0);
-        put_u64(&mut out, self.body.len() as u64);
-        put_u32(&mut out, crc32fast::hash(&self.body));
-        let header_crc = crc32fast::hash(&out);
-        put_u32(&mut out, header_crc);
-        out.extend_from_slice(&self.body);
-        out.resize(align_up(out.len() as u64) as usize, 0);
-        out
+        frame(MAGIC, VERSION, &self.body)
     }
 }
 
@@ -123,6 +119,7 @@ impl Checkpoint {
             self.position,
             self.chain,
             self.first_segment_base,
+            self.indexed_below,
             self.next_topic_id,
         );
         e.topics(self.topics.iter());
@@ -141,28 +138,11 @@ impl Checkpoint {
 
     /// Decodes a checkpoint file; `None` if anything is off.
     pub fn decode(file: &[u8]) -> Option<Checkpoint> {
-        if file.len() < HEADER_LEN || &file[..8] != MAGIC {
-            return None;
-        }
-        if crc32fast::hash(&file[..28]) != get_u32(file, 28) {
-            return None;
-        }
-        let mut header = Reader::new(&file[8..28]);
-        let version = header.u32()?;
-        let _reserved = header.u32()?;
-        let body_len = usize::try_from(header.u64()?).ok()?;
-        let body_crc = header.u32()?;
-        if version != VERSION {
-            return None;
-        }
-        let body = file.get(HEADER_LEN..HEADER_LEN.checked_add(body_len)?)?;
-        if crc32fast::hash(body) != body_crc {
-            return None;
-        }
-        let mut r = Reader::new(body);
+        let mut r = Reader::new(unframe(MAGIC, VERSION, file)?);
         let position = r.u64()?;
         let chain = r.u32()?;
         let first_segment_base = r.u64()?;
+        let indexed_below = r.u64()?;
         let next_topic_id = r.u32()?;
         let count = r.u32()? as usize;
         let mut topics = Vec::with_capacity(count.min(r.remaining()));
@@ -179,15 +159,7 @@ impl Checkpoint {
             let n = r.u32()? as usize;
             let mut entries = Vec::with_capacity(n.min(r.remaining()));
             for _ in 0..n {
-                entries.push(IndexEntry {
-                    base_offset: r.u64()?,
-                    record_count: r.u32()?,
-                    length: r.u32()?,
-                    position: r.u64()?,
-                    max_timestamp_ms: r.i64()?,
-                    append_time_ms: r.i64()?,
-                    cumulative_bytes: 0,
-                });
+                entries.push(get_entry(&mut r)?);
             }
             partitions.push(PartitionCheckpoint {
                 topic_id,
@@ -201,6 +173,7 @@ impl Checkpoint {
             position,
             chain,
             first_segment_base,
+            indexed_below,
             next_topic_id,
             topics,
             partitions,
@@ -218,6 +191,7 @@ mod tests {
             position: 123_456,
             chain: 0xDEAD_BEEF,
             first_segment_base: 65_536,
+            indexed_below: 69_632,
             next_topic_id: 3,
             topics: vec![TopicRecord {
                 id: 2,
@@ -257,7 +231,7 @@ mod tests {
     #[test]
     fn any_bit_flip_is_rejected() {
         let bytes = sample().encode();
-        let used = 32 + get_u32(&bytes, 16) as usize;
+        let used = 32 + crate::codec::get_u32(&bytes, 16) as usize;
         for bit in 0..used * 8 {
             let mut bad = bytes.clone();
             bad[bit / 8] ^= 1 << (bit % 8);

@@ -5,6 +5,7 @@
 //! Checkpointed by [`crate::checkpoint`]; rebuilt from the log after it.
 
 pub mod checkpoint;
+pub mod segment_index;
 
 use std::collections::VecDeque;
 
@@ -137,6 +138,12 @@ impl PartitionIndex {
             .entries
             .partition_point(|e| e.max_timestamp_ms < timestamp_ms);
         (at < visible).then_some(at)
+    }
+
+    /// The entries that start in `[from, to)` (log positions).
+    pub fn between(&self, from: u64, to: u64) -> std::collections::vec_deque::Iter<'_, IndexEntry> {
+        self.entries
+            .range(self.count_before(from)..self.count_before(to))
     }
 
     /// Number of leading entries that start before log position `cut`.

@@ -27,6 +27,9 @@ use crate::commitlog::writer::Writer;
 use crate::disk::{close_shared, Disk, DiskFile};
 use crate::engine::{add_topic, io_error, remove_topic, PartitionState, State};
 use crate::index::checkpoint::{Checkpoint, CHECKPOINT_FILE, CHECKPOINT_TMP_FILE};
+use crate::index::segment_index::{
+    parse_segment_index_file_name, segment_index_file_name, SegmentIndex,
+};
 use crate::storage::StorageError;
 use crate::StorageConfig;
 use scan::{scan_segment, ScanEnd};
@@ -131,6 +134,7 @@ pub(crate) async fn recover<D: Disk, C: Clock>(
     let mut start = segments.first().map_or(0, |s| s.base);
     let mut chain = None;
     let mut checkpointed_position = 0;
+    let mut indexed_below = start;
     if let Some(cp) = checkpoint.filter(|cp| checkpoint_fits(cp, &segments)) {
         let (stale, live): (Vec<_>, Vec<_>) = segments
             .into_iter()
@@ -142,6 +146,7 @@ pub(crate) async fn recover<D: Disk, C: Clock>(
             tables.catalog.insert(record);
         }
         tables.catalog.set_next_topic_id(cp.next_topic_id);
+        let mut recent = HashMap::new();
         for pc in cp.partitions {
             let Some(record) = tables.catalog.by_id(pc.topic_id) else {
                 continue;
@@ -153,16 +158,43 @@ pub(crate) async fn recover<D: Disk, C: Clock>(
                 pc.next_offset,
             );
             p.log_start_offset = pc.log_start_offset;
-            for entry in pc.entries.into_iter().filter(|e| e.position >= oldest) {
-                p.index.push_restored(entry);
+            tables.partitions.insert((pc.topic_id, pc.partition), p);
+            recent.insert((pc.topic_id, pc.partition), pc.entries);
+        }
+        // Sealed segments first (their index files), then the checkpoint's
+        // own entries: log order.
+        for segment in segments.iter().filter(|s| s.base < cp.indexed_below) {
+            let groups = match load_segment_index(disk, index_dir, segment).await? {
+                Some(index) => index.partitions,
+                None => {
+                    tracing::warn!(
+                        shard = config.shard.0,
+                        segment = segment.base,
+                        "segment index missing or invalid; rebuilding it from the segment"
+                    );
+                    scan::index_segment(segment).await?
+                }
+            };
+            for (topic_id, partition, entries) in groups {
+                if let Some(p) = tables.partitions.get_mut(&(topic_id, partition)) {
+                    restore_entries(p, entries);
+                }
             }
+        }
+        for (key, entries) in recent {
+            if let Some(p) = tables.partitions.get_mut(&key) {
+                let entries = entries.into_iter().filter(|e| e.position >= oldest);
+                restore_entries(p, entries.collect());
+            }
+        }
+        for p in tables.partitions.values_mut() {
             if let Some(first) = p.index.first() {
                 p.log_start_offset = p.log_start_offset.max(first.base_offset);
             } else {
                 p.log_start_offset = p.next_offset;
             }
-            tables.partitions.insert((pc.topic_id, pc.partition), p);
         }
+        indexed_below = cp.indexed_below;
         tables.from_scratch = false;
         start = cp.position;
         chain = Some(cp.chain);
@@ -268,6 +300,8 @@ pub(crate) async fn recover<D: Disk, C: Clock>(
         chain.unwrap_or(CHAIN_START),
         &tail,
     );
+    let tail_base = tail_segment.base;
+    remove_stale_index_files(disk, index_dir, &segments, tail_base).await?;
     let mut all = Segments::default();
     for s in segments {
         all.insert(s);
@@ -299,11 +333,87 @@ pub(crate) async fn recover<D: Disk, C: Clock>(
         checkpointed_position,
         prepared: None,
         doomed: Vec::new(),
+        indexed_below: indexed_below.min(tail_base),
     };
     if fresh {
         crate::engine::write_snapshot(&mut state);
     }
     Ok(state)
+}
+
+/// Appends checkpointed entries to a partition's index; entries retention
+/// already dropped are skipped, and a gap (which only corruption could
+/// cause) makes the older entries unreadable rather than wrong.
+fn restore_entries(p: &mut PartitionState, entries: Vec<crate::index::IndexEntry>) {
+    for entry in entries {
+        if entry.base_offset < p.log_start_offset {
+            continue;
+        }
+        if let Some(last) = p.index.last() {
+            if last.next_offset() != entry.base_offset || last.end() > entry.position {
+                tracing::error!(
+                    topic_id = p.topic_id,
+                    partition = p.partition,
+                    offset = entry.base_offset,
+                    "index files disagree; older batches of the partition become unreadable"
+                );
+                p.index = crate::index::PartitionIndex::new();
+                p.log_start_offset = entry.base_offset;
+            }
+        }
+        p.index.push_restored(entry);
+    }
+}
+
+/// The index file of a sealed segment, if present and sound.
+async fn load_segment_index<D: Disk>(
+    disk: &D,
+    index_dir: &Path,
+    segment: &Segment<D::File>,
+) -> Result<Option<SegmentIndex>, StorageError> {
+    let path = index_dir.join(segment_index_file_name(segment.base));
+    let shown = path.display().to_string();
+    let file = match disk.open(&path).await {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_error("opening", &shown, e)),
+    };
+    let image = async {
+        let size = file.size().await?;
+        let bytes = file
+            .read_at(0, crate::codec::align_up(size) as usize)
+            .await?;
+        Ok::<Vec<u8>, std::io::Error>(bytes.to_vec())
+    }
+    .await;
+    let _ = file.close().await;
+    let image = image.map_err(|e| io_error("reading", &shown, e))?;
+    Ok(SegmentIndex::decode(&image).filter(|i| i.base == segment.base && i.size <= segment.size))
+}
+
+/// Removes temporary files and index files of segments that are gone or
+/// not yet sealed (a later checkpoint writes those again).
+async fn remove_stale_index_files<D: Disk>(
+    disk: &D,
+    index_dir: &Path,
+    sealed: &[Segment<D::File>],
+    active_base: u64,
+) -> Result<(), StorageError> {
+    let shown = index_dir.display().to_string();
+    let names = disk
+        .list_dir(index_dir)
+        .await
+        .map_err(|e| io_error("listing", &shown, e))?;
+    for name in names {
+        let stale = match parse_segment_index_file_name(&name) {
+            Some(base) => base >= active_base || !sealed.iter().any(|s| s.base == base),
+            None => name.ends_with(".tmp"),
+        };
+        if stale {
+            crate::engine::remove_if_present(disk, &index_dir.join(&name)).await?;
+        }
+    }
+    Ok(())
 }
 
 /// A checkpoint is usable if its position lies in (or at the end of) a

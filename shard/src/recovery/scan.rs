@@ -2,10 +2,13 @@
 
 use super::Tables;
 use crate::codec::{align_down, align_up};
-use crate::commitlog::entry::{parse_entry, EntryEnd, Parsed, ENTRY_HEADER_LEN};
+use crate::commitlog::entry::{
+    batch_header, parse_entry, EntryEnd, EntryKind, Parsed, ENTRY_HEADER_LEN,
+};
 use crate::commitlog::segments::{segment_file_name, Segment};
 use crate::disk::DiskFile;
 use crate::engine::io_error;
+use crate::index::IndexEntry;
 use crate::storage::StorageError;
 use crate::StorageConfig;
 
@@ -135,6 +138,54 @@ pub(super) async fn scan_segment<F: DiskFile>(
         *chain = Some(header.crc);
         position += header.length as u64;
     }
+}
+
+/// Rebuilds the index of a sealed segment the checkpoint vouches for (its
+/// index file is missing or bad): every batch entry, grouped by partition.
+/// The chain is checked inside the segment; where the segment starts, the
+/// checkpoint already said the log continues.
+pub(super) async fn index_segment<F: DiskFile>(
+    segment: &Segment<F>,
+) -> Result<Vec<(u32, u32, Vec<IndexEntry>)>, StorageError> {
+    let mut window = None;
+    let mut position = segment.base;
+    let mut chain: Option<u32> = None;
+    let mut groups: Vec<(u32, u32, Vec<IndexEntry>)> = Vec::new();
+    loop {
+        let at = position - segment.base;
+        let header = match entry_at(segment, &mut window, at).await? {
+            Parsed::Entry(header) if chain.is_none_or(|c| c == header.prev_crc) => header,
+            _ => break,
+        };
+        if header.kind == EntryKind::Batch {
+            let w = window.as_ref().expect("entry_at filled it");
+            let from = (at - w.start) as usize;
+            let batch = batch_header(&w.bytes[from..from + header.length as usize]);
+            let key = (header.topic_id, header.partition);
+            let group = match groups.iter().position(|g| (g.0, g.1) == key) {
+                Some(i) => &mut groups[i].2,
+                None => {
+                    groups.push((key.0, key.1, Vec::new()));
+                    &mut groups.last_mut().expect("just pushed").2
+                }
+            };
+            let running = group.last().map_or(batch.max_timestamp_ms, |l| {
+                l.max_timestamp_ms.max(batch.max_timestamp_ms)
+            });
+            group.push(IndexEntry {
+                base_offset: batch.base_offset,
+                record_count: batch.record_count,
+                length: header.length,
+                position,
+                max_timestamp_ms: running,
+                append_time_ms: batch.append_time_ms,
+                cumulative_bytes: 0,
+            });
+        }
+        chain = Some(header.crc);
+        position += header.length as u64;
+    }
+    Ok(groups)
 }
 
 /// Does the segment's first entry continue the chain?
