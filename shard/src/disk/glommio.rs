@@ -39,6 +39,9 @@ impl GlommioDisk {
     /// Does the IOPOLL workaround for the file system holding `dir` (which
     /// must exist), once per call; cheap enough to run at every open.
     pub async fn new(dir: &Path) -> io::Result<GlommioDisk> {
+        if let Some(fs_type) = file_system_type(dir).filter(|t| t == "tmpfs") {
+            tracing::warn!(dir = %dir.display(), fs_type, "storage on tmpfs: glommio turns O_DIRECT off there; data is not durable");
+        }
         let probe = dir.join(PROBE_FILE);
         // std::fs on purpose: a DMA-created file would be a hole and fool the
         // probe. Start-up only, one small file.
@@ -62,6 +65,23 @@ fn to_io(error: glommio::GlommioError<()>) -> io::Error {
         glommio::GlommioError::IoError(source) => source,
         other => io::Error::from(other),
     }
+}
+
+/// The type of the file system holding `path`, from /proc/self/mounts
+/// (the longest mount point that is a prefix of the path).
+fn file_system_type(path: &Path) -> Option<String> {
+    let path = path.canonicalize().ok()?;
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (_, mount_point, fs_type) = (fields.next()?, fields.next()?, fields.next()?);
+            path.starts_with(mount_point)
+                .then(|| (mount_point.len(), fs_type.to_string()))
+        })
+        .max_by_key(|(len, _)| *len)
+        .map(|(_, fs_type)| fs_type)
 }
 
 pub struct GlommioFile {
