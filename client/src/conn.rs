@@ -115,9 +115,9 @@ pub struct Connection {
 
 impl Connection {
     pub async fn connect(addr: &str, connect_timeout: Duration) -> Result<Connection> {
-        let connect_error = |source: std::io::Error| Error::Connect {
+        let connect_error = |error: std::io::Error| Error::Connect {
             addr: addr.to_string(),
-            source: Arc::new(source),
+            error: Arc::new(error),
         };
         let stream = match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => stream,

@@ -11,11 +11,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, Clone, Error)]
 pub enum Error {
     /// Could not open a TCP connection (after the configured retries).
-    #[error("cannot connect to {addr}: {source}")]
+    /// (The I/O error is part of the message, not a `source`, so error
+    /// chains do not print it twice.)
+    #[error("cannot connect to {addr}: {error}")]
     Connect {
         addr: String,
-        #[source]
-        source: Arc<std::io::Error>,
+        error: Arc<std::io::Error>,
     },
     /// The connection broke while the request was outstanding. The request
     /// may or may not have been applied by the broker.
