@@ -200,7 +200,9 @@ pub(crate) async fn recover<D: Disk, C: Clock>(
         chain = Some(cp.chain);
         checkpointed_position = cp.position;
     } else if !segments.is_empty() {
-        tracing::warn!(
+        // Normal after a crash before the first checkpoint; a corrupt or
+        // mismatched checkpoint was reported as an error above.
+        tracing::info!(
             shard = config.shard.0,
             "no usable index checkpoint; scanning the whole log"
         );
