@@ -25,44 +25,76 @@ pub(crate) const MAX_RESPONSE_FRAME_BYTES: u32 = 512 * 1024 * 1024;
 /// Frames queued for the writer task before `request` waits.
 const WRITE_QUEUE_FRAMES: usize = 1024;
 
-/// A finished FlatBuffers body: the builder's vector and where the data starts.
+/// A finished FlatBuffers body: the builder's vector and where the data
+/// starts, optionally followed by a `tail` of bytes that belong to the body
+/// but are sent from their own buffer (see `Client::start_produce_owned`).
 pub struct Body {
     buffer: Vec<u8>,
     head: usize,
+    tail: Option<Bytes>,
+}
+
+/// A frame as the writer sends it: header and FlatBuffers bytes, then an
+/// optional tail written straight from the caller's buffer.
+struct OutFrame {
+    head: Bytes,
+    tail: Option<Bytes>,
 }
 
 impl Body {
     pub fn from_builder(builder: flatbuffers::FlatBufferBuilder<'_>) -> Body {
         let (buffer, head) = builder.collapse();
-        Body { buffer, head }
+        Body {
+            buffer,
+            head,
+            tail: None,
+        }
+    }
+
+    /// A body whose last bytes are `tail` (the builder's data must end where
+    /// the tail begins: a byte vector whose length field is already patched).
+    pub(crate) fn with_tail(buffer: Vec<u8>, head: usize, tail: Bytes) -> Body {
+        Body {
+            buffer,
+            head,
+            tail: Some(tail),
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.buffer.len() - self.head
+        self.buffer.len() - self.head + self.tail.as_ref().map_or(0, |t| t.len())
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// The encoded FlatBuffers body.
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.buffer[self.head..]
+    /// The encoded FlatBuffers body, as one vector (a copy).
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut out = self.buffer[self.head..].to_vec();
+        if let Some(tail) = &self.tail {
+            out.extend_from_slice(tail);
+        }
+        out
     }
 
     /// The whole frame, reusing the space in front of the body for the header.
-    fn into_frame(self, kind: u16, correlation_id: u64) -> Bytes {
+    fn into_frame(self, kind: u16, correlation_id: u64) -> OutFrame {
         let header = frame::encode_header(kind, correlation_id, self.len());
-        if self.head >= FRAME_HEADER_LEN {
+        let head = if self.head >= FRAME_HEADER_LEN {
             let start = self.head - FRAME_HEADER_LEN;
             let mut buffer = self.buffer;
             buffer[start..self.head].copy_from_slice(&header);
             Bytes::from(buffer).slice(start..)
         } else {
-            let mut out = Vec::with_capacity(FRAME_HEADER_LEN + self.len());
+            let mut out = Vec::with_capacity(FRAME_HEADER_LEN + self.buffer.len() - self.head);
             out.extend_from_slice(&header);
             out.extend_from_slice(&self.buffer[self.head..]);
             Bytes::from(out)
+        };
+        OutFrame {
+            head,
+            tail: self.tail,
         }
     }
 }
@@ -110,7 +142,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub struct Connection {
     shared: Arc<Shared>,
     next_id: AtomicU64,
-    writer: mpsc::Sender<Bytes>,
+    writer: mpsc::Sender<OutFrame>,
 }
 
 impl Connection {
@@ -248,7 +280,7 @@ impl PendingResponse {
 
 async fn write_loop(
     write_half: OwnedWriteHalf,
-    mut queue: mpsc::Receiver<Bytes>,
+    mut queue: mpsc::Receiver<OutFrame>,
     shared: Arc<Shared>,
 ) {
     // Small frames are coalesced in the buffer; a frame larger than the
@@ -256,9 +288,9 @@ async fn write_loop(
     let mut writer = BufWriter::with_capacity(64 * 1024, write_half);
     let result: std::io::Result<()> = async {
         while let Some(frame) = queue.recv().await {
-            writer.write_all(&frame).await?;
+            write_frame(&mut writer, &frame).await?;
             while let Ok(frame) = queue.try_recv() {
-                writer.write_all(&frame).await?;
+                write_frame(&mut writer, &frame).await?;
             }
             writer.flush().await?;
         }
@@ -272,6 +304,17 @@ async fn write_loop(
             reason: format!("write failed: {error}"),
         });
     }
+}
+
+async fn write_frame(
+    writer: &mut BufWriter<OwnedWriteHalf>,
+    frame: &OutFrame,
+) -> std::io::Result<()> {
+    writer.write_all(&frame.head).await?;
+    if let Some(tail) = &frame.tail {
+        writer.write_all(tail).await?;
+    }
+    Ok(())
 }
 
 async fn read_loop(mut read_half: OwnedReadHalf, shared: Arc<Shared>) {

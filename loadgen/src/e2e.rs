@@ -180,7 +180,7 @@ async fn producer(
                     let this_partition = partition;
                     partition = (partition + 1) % spec.partitions;
                     let route = client.route_for(&spec.topic, this_partition);
-                    match client.start_produce(route, &[(&spec.topic, this_partition, &batch)]).await {
+                    match client.start_produce_owned(route, &spec.topic, this_partition, batch.into()).await {
                         Ok(pending) => in_flight.push(async move {
                             (finish_produce(pending, 1).await, count)
                         }),

@@ -339,12 +339,13 @@ async fn producer_task(shared: Arc<Shared>, id: usize) -> TaskResult {
             let partition = next_partition;
             next_partition = (next_partition + 1) % spec.partitions;
             let mut crcs = Vec::new();
-            let clock = shared.clock;
+            // One clock read per batch: per message it was 6% of the profile.
+            let batch_time_ns = shared.clock.now_ns();
             let batch = build_batch(
                 &mut payloads,
                 &mut sequence,
                 count,
-                |_| clock.now_ns(),
+                |_| batch_time_ns,
                 keep_crcs.then_some(&mut crcs),
             );
             sent_messages += count;
@@ -352,7 +353,7 @@ async fn producer_task(shared: Arc<Shared>, id: usize) -> TaskResult {
             let sent_at = Instant::now();
             match shared
                 .client
-                .start_produce(route, &[(&spec.topic, partition, &batch)])
+                .start_produce_owned(route, &spec.topic, partition, batch.into())
                 .await
             {
                 Ok(pending) => in_flight.push(async move {
