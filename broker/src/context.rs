@@ -301,7 +301,8 @@ impl ShardContext {
     pub fn stats_local(&self, reset: bool) -> ShardStatsSnapshot {
         let m = &self.metrics;
         let storage = self.storage.metrics();
-        let fsync = crate::metrics::HistogramSummary::of("fsync_us", &storage.fsync_us.borrow());
+        let of = crate::metrics::HistogramSummary::of;
+        let fsync = of("fsync_us", &storage.fsync_us.borrow());
         let snapshot = ShardStatsSnapshot {
             shard: self.id,
             histograms: vec![
@@ -309,6 +310,8 @@ impl ShardContext {
                 fsync,
                 m.fetch_us.summary("fetch_us"),
                 m.queue_depth.summary("queue_depth"),
+                of("write_us", &storage.write_us.borrow()),
+                of("flush_bytes", &storage.flush_size.borrow()),
             ],
             counters: vec![
                 ("requests".into(), m.requests.get()),
@@ -329,6 +332,8 @@ impl ShardContext {
             m.fetch_us.reset();
             m.queue_depth.reset();
             storage.fsync_us.borrow_mut().reset();
+            storage.write_us.borrow_mut().reset();
+            storage.flush_size.borrow_mut().reset();
         }
         snapshot
     }

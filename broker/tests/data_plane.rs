@@ -162,7 +162,14 @@ fn stats_report_every_shard() {
             .collect();
         assert_eq!(
             names,
-            vec!["produce_us", "fsync_us", "fetch_us", "queue_depth"]
+            vec![
+                "produce_us",
+                "fsync_us",
+                "fetch_us",
+                "queue_depth",
+                "write_us",
+                "flush_bytes"
+            ]
         );
         produced += shard
             .counters()

@@ -61,6 +61,10 @@ impl ToErrorCode for StorageError {
 /// Histograms (microseconds) and counters the storage keeps for the stats request.
 pub struct StorageMetrics {
     pub fsync_us: RefCell<hdrhistogram::Histogram<u64>>,
+    /// Time of the O_DIRECT write(s) of one flush (all its chunks, issued together).
+    pub write_us: RefCell<hdrhistogram::Histogram<u64>>,
+    /// Bytes written by one flush (padded chunks, so the rewritten partial block counts).
+    pub flush_size: RefCell<hdrhistogram::Histogram<u64>>,
     pub flush_bytes: std::cell::Cell<u64>,
     pub flushes: std::cell::Cell<u64>,
     pub appended_batches: std::cell::Cell<u64>,
@@ -74,6 +78,15 @@ impl StorageMetrics {
             // 1 µs .. 60 s, 3 significant digits.
             fsync_us: RefCell::new(
                 hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3)
+                    .expect("static histogram bounds are valid"),
+            ),
+            write_us: RefCell::new(
+                hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3)
+                    .expect("static histogram bounds are valid"),
+            ),
+            // 1 byte .. 4 GiB.
+            flush_size: RefCell::new(
+                hdrhistogram::Histogram::new_with_bounds(1, 1 << 32, 3)
                     .expect("static histogram bounds are valid"),
             ),
             flush_bytes: Default::default(),

@@ -64,6 +64,7 @@ impl<D: Disk, C: Clock> Engine<D, C> {
             chunks: Some(chunks),
         };
         let mut bytes = 0u64;
+        let write_started = Instant::now();
         let taken = in_flight.chunks.as_deref().unwrap_or_default();
         let mut from = 0;
         while from < taken.len() {
@@ -113,6 +114,11 @@ impl<D: Disk, C: Clock> Engine<D, C> {
         let m = &self.metrics;
         m.flushes.set(m.flushes.get() + 1);
         m.flush_bytes.set(m.flush_bytes.get() + bytes);
+        if bytes > 0 {
+            let micros = write_started.elapsed().as_micros() as u64;
+            let _ = m.write_us.borrow_mut().record(micros.max(1));
+            let _ = m.flush_size.borrow_mut().record(bytes);
+        }
         self.appended.notify(usize::MAX);
         if !want_sync {
             return Ok(());
