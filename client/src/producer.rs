@@ -347,9 +347,11 @@ impl Producer {
         // cooperative budget and let later sends overtake).
         match inner.capacity.try_acquire_many(wanted) {
             Ok(permit) => permit.forget(),
-            Err(_) => inner
-                .capacity
-                .acquire_many(wanted)
+            // `unconstrained`: outside tokio's cooperative budget. With
+            // thousands of sends waiting in one task (join_all), a budget-
+            // exhausted acquire wakes itself at once, and the combinator
+            // re-polls every waiter in a spin.
+            Err(_) => tokio::task::unconstrained(inner.capacity.acquire_many(wanted))
                 .await
                 .map_err(|_| Error::Closed)?
                 .forget(),

@@ -290,3 +290,24 @@ async fn a_lone_record_is_sent_after_linger() {
         assert!(matches!(sent, Ok(Ok(_))), "{sent:?}");
     }
 }
+
+#[tokio::test]
+async fn backpressure_waits_for_acks_and_keeps_order() {
+    let (addr, _mock) = start(None).await;
+    let client = Client::connect(&addr).await.unwrap();
+    // Room for about 8 records: most sends wait for earlier acks.
+    let producer = Producer::builder(client)
+        .batch_bytes(512)
+        .max_in_flight_bytes(8 * 100)
+        .build();
+    let value = [7u8; 64];
+    let sends = (0..2000)
+        .map(|_| producer.send(Record::new("t", &value).partition(1)))
+        .collect::<Vec<_>>();
+    let offsets: Vec<u64> = futures::future::join_all(sends)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().1)
+        .collect();
+    assert!(offsets.windows(2).all(|w| w[0] < w[1]), "in send order");
+}
