@@ -23,7 +23,7 @@ use crate::conn::PendingResponse;
 use crate::error::{Error, Result};
 use crate::types::ProduceAck;
 use coremq_wire::batch::record_encoded_len;
-use coremq_wire::{partition_for_key, BatchBuilder};
+use coremq_wire::{partition_for_key, BatchBuilder, ErrorCode};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -206,6 +206,8 @@ struct TopicState {
     name: Arc<str>,
     open: Vec<Option<OpenBatch>>,
     sticky: u32,
+    /// The broker said the topic or a partition is unknown: refresh first.
+    stale: bool,
 }
 
 struct State {
@@ -356,9 +358,23 @@ impl Producer {
                 .map_err(|_| Error::Closed)?
                 .forget(),
         }
-        let known = lock(&inner.state).topics.contains_key(record.topic);
-        if !known {
-            let partitions = match inner.client.partitions_for(record.topic).await {
+        let (known, stale) = match lock(&inner.state).topics.get(record.topic) {
+            Some(topic) => (true, topic.stale),
+            None => (false, false),
+        };
+        if !known || stale {
+            let partitions =
+                if stale {
+                    inner.client.refresh_metadata().await.and_then(|m| {
+                        match m.topic(record.topic) {
+                            Some(info) => Ok(info.partitions),
+                            None => Err(Error::UnknownTopic(record.topic.to_string())),
+                        }
+                    })
+                } else {
+                    inner.client.partitions_for(record.topic).await
+                };
+            let partitions = match partitions {
                 Ok(partitions) => partitions,
                 Err(error) => {
                     inner.capacity.add_permits(permits);
@@ -366,14 +382,28 @@ impl Producer {
                 }
             };
             let mut state = lock(&inner.state);
-            state
-                .topics
+            let State {
+                topics,
+                sealed,
+                outstanding,
+                ..
+            } = &mut *state;
+            let topic = topics
                 .entry(record.topic.to_string())
                 .or_insert_with(|| TopicState {
                     name: Arc::from(record.topic),
-                    open: (0..partitions).map(|_| None).collect(),
+                    open: Vec::new(),
                     sticky: 0,
+                    stale: false,
                 });
+            if topic.open.len() != partitions as usize {
+                // Send what was batched under the old partition count as is.
+                for (partition, slot) in topic.open.iter_mut().enumerate() {
+                    seal(&topic.name, partition as u32, slot, sealed, outstanding);
+                }
+                topic.open = (0..partitions).map(|_| None).collect();
+            }
+            topic.stale = false;
         }
         let result = {
             let mut state = lock(&inner.state);
@@ -425,6 +455,9 @@ fn append(
         .get_mut(record.topic)
         .ok_or_else(|| Error::UnknownTopic(record.topic.to_string()))?;
     let partitions = topic.open.len() as u32;
+    if partitions == 0 {
+        return Err(Error::UnknownTopic(record.topic.to_string()));
+    }
     let partition = match (record.partition, record.key) {
         (Some(p), _) if p < partitions => p,
         (Some(p), _) => {
@@ -649,8 +682,19 @@ fn complete(inner: &Inner, batches: &[SealedBatch], outcome: Result<Vec<Result<P
         permits += batch.permits;
         if let Err(error) = &result {
             tracing::debug!(topic = %batch.topic, partition = batch.partition, %error, "batch failed");
+            let stale_topic = matches!(
+                error.code(),
+                Some(ErrorCode::UnknownTopic | ErrorCode::UnknownPartition)
+            );
+            let mut state = lock(&inner.state);
+            if stale_topic {
+                // Deleted or re-created topic: the next send looks its
+                // partition count up in fresh metadata.
+                if let Some(topic) = state.topics.get_mut(&*batch.topic) {
+                    topic.stale = true;
+                }
+            }
             if batch.completion.is_none() {
-                let mut state = lock(&inner.state);
                 state.oneway_failed_batches += 1;
                 if state.oneway_error.is_none() {
                     state.oneway_error = Some(error.clone());

@@ -187,6 +187,20 @@ async fn admin_producer_consumer_round_trip() {
         .send(Record::new("orders", b"x").partition(0))
         .await;
     assert!(gone.is_err());
+
+    // Re-created with another partition count: the producer notices.
+    admin
+        .create_topic("orders", &TopicConfig::new(1))
+        .await
+        .unwrap();
+    let mut result = producer.send(Record::new("orders", b"again")).await;
+    for _ in 0..2 {
+        if result.is_ok() {
+            break;
+        }
+        result = producer.send(Record::new("orders", b"again")).await;
+    }
+    assert_eq!(result.unwrap(), (0, 0));
 }
 
 #[tokio::test]
