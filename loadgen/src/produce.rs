@@ -48,7 +48,8 @@ impl ProduceSpec {
         ProduceSpec {
             topic: common.topic.clone(),
             partitions,
-            msg_size: common.msg_size,
+            // Payloads carry a 16-byte stamp: that is the smallest size sent.
+            msg_size: common.msg_size.max(crate::payload::STAMP_BYTES),
             batch: common.batch_or(DEFAULT_BATCH),
             producers: common.producers.max(1),
             in_flight: common.in_flight.max(1),
