@@ -295,6 +295,22 @@ impl BatchBuilder {
         }
     }
 
+    /// Reuses `buffer`'s allocation (e.g. a finished batch whose request was
+    /// acknowledged), so a steady producer allocates no memory per batch.
+    pub fn from_vec(mut buffer: Vec<u8>) -> BatchBuilder {
+        buffer.clear();
+        buffer.resize(BATCH_HEADER_LEN, 0);
+        BatchBuilder {
+            buffer,
+            record_count: 0,
+            first_timestamp_ms: 0,
+            max_timestamp_ms: 0,
+            producer_id: 0,
+            producer_epoch: 0,
+            base_sequence: 0,
+        }
+    }
+
     pub fn set_producer(&mut self, producer_id: u64, producer_epoch: u16, base_sequence: u32) {
         self.producer_id = producer_id;
         self.producer_epoch = producer_epoch;

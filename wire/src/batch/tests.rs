@@ -178,3 +178,24 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn reused_buffer_builds_the_same_batch() {
+    let first = sample_batch(4);
+    let capacity = first.capacity();
+    let mut builder = BatchBuilder::from_vec(first);
+    builder.push(1_000, None, b"again", &[]).unwrap();
+    let again = builder.finish();
+    assert!(again.capacity() >= capacity.min(again.len()));
+    let header = verify_batch(&again).unwrap();
+    assert_eq!(header.record_count, 1);
+    assert_eq!(
+        RecordIter::new(&again)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .value,
+        b"again"
+    );
+}
