@@ -9,7 +9,7 @@ use crate::context::ShardContext;
 use crate::dispatch::{dispatch, Response};
 use crate::mesh::RequestError;
 use crate::metrics::bump;
-use bytes::BytesMut;
+use crate::read_buffer::ReadBuffer;
 use coremq_wire::frame::{decode_frame, FrameError, FRAME_HEADER_LEN};
 use coremq_wire::messages::verifier_options;
 use coremq_wire::ErrorCode;
@@ -38,17 +38,17 @@ pub async fn serve(ctx: Rc<ShardContext>, stream: TcpStream) {
         ctx.config.max_in_flight_per_connection as u64,
     ));
     let options = Rc::new(verifier_options(ctx.config.max_frame_bytes));
-    let mut buffer = BytesMut::with_capacity(READ_CHUNK);
+    let mut buffer = ReadBuffer::new(READ_CHUNK);
 
     let outcome: Result<(), String> = async {
         loop {
             loop {
-                let header = match decode_frame(&buffer, ctx.config.max_frame_bytes) {
+                let header = match decode_frame(buffer.data(), ctx.config.max_frame_bytes) {
                     Ok(Some(header)) => header,
                     Ok(None) => break,
                     Err(error) => {
                         // Framing is lost: say why (best effort) and close.
-                        let correlation_id = correlation_id_of(&buffer);
+                        let correlation_id = correlation_id_of(buffer.data());
                         let code = match error {
                             FrameError::TooLarge { .. } => ErrorCode::TooLarge,
                             _ => ErrorCode::MalformedFrame,
@@ -60,7 +60,7 @@ pub async fn serve(ctx: Rc<ShardContext>, stream: TcpStream) {
                         return Err(error.to_string());
                     }
                 };
-                let frame = buffer.split_to(header.frame_len()).freeze();
+                let frame = buffer.take(header.frame_len());
                 let permit = permits
                     .acquire_static_permit(1)
                     .await
@@ -81,28 +81,19 @@ pub async fn serve(ctx: Rc<ShardContext>, stream: TcpStream) {
                 })
                 .detach();
             }
-            if buffer.capacity() - buffer.len() < READ_CHUNK / 4 {
-                buffer.reserve(READ_CHUNK);
-            }
-            let filled = buffer.len();
-            buffer.resize(buffer.capacity(), 0);
-            let read = reader.read(&mut buffer[filled..]).await;
+            let read = reader.read(buffer.spare()).await;
             match read {
                 Ok(0) => {
-                    buffer.truncate(filled);
-                    if !buffer.is_empty() {
+                    if !buffer.data().is_empty() {
                         return Err(format!(
                             "connection closed mid-frame ({} bytes pending)",
-                            buffer.len()
+                            buffer.data().len()
                         ));
                     }
                     return Ok(());
                 }
-                Ok(n) => buffer.truncate(filled + n),
-                Err(error) => {
-                    buffer.truncate(filled);
-                    return Err(error.to_string());
-                }
+                Ok(n) => buffer.advance(n),
+                Err(error) => return Err(error.to_string()),
             }
         }
     }

@@ -19,4 +19,5 @@ pub mod dispatch;
 pub mod handlers;
 pub mod mesh;
 pub mod metrics;
+pub mod read_buffer;
 pub mod server;
