@@ -15,8 +15,8 @@ trap 'rm -rf "$out"' EXIT
 
 workloads=(
   "produce-always-default|produce --fsync always"
-  "produce-always-deep|produce --fsync always --batch 1000 --producers 1 --in-flight 4"
-  "produce-never-deep|produce --fsync never --batch 1000 --producers 1 --in-flight 4"
+  "produce-always-deep|produce --fsync always --batch 1000 --producers 2 --in-flight 4"
+  "produce-never-deep|produce --fsync never --batch 1000 --producers 2 --in-flight 4"
   "consume-always|consume --fsync always --prefill 2000000"
   "e2e-50k-always|e2e --fsync always --rate 50000"
   "e2e-100k-always|e2e --fsync always --rate 100000"
