@@ -351,6 +351,29 @@ impl Client {
         fetch::decode_fetch(response, offset)
     }
 
+    /// Queues one fetch and returns without waiting for the response: the
+    /// consuming side's pipelining primitive (issue the next fetch as soon as
+    /// a response arrives, before its records are processed). Unlike
+    /// [`Client::fetch`] it is not retried on a failed connection; finish it
+    /// with [`PendingFetch::wait`].
+    pub async fn start_fetch(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        options: &FetchOptions,
+    ) -> Result<PendingFetch> {
+        let route = self.route_for(topic, partition);
+        let timeout = self.inner.config.request_timeout + options.max_wait;
+        let body = fetch::encode_fetch(topic, partition, offset, options);
+        let conn = self.connection(route).await?;
+        let pending = conn.send(Kind::Fetch, body, timeout).await?;
+        Ok(PendingFetch {
+            pending,
+            requested_offset: offset,
+        })
+    }
+
     /// Resolves an offset of one partition.
     pub async fn list_offset(&self, topic: &str, partition: u32, spec: OffsetSpec) -> Result<u64> {
         let route = self.route_for(topic, partition);
@@ -390,6 +413,25 @@ impl Client {
             .ok_or_else(|| Error::Protocol("list offsets response without results".into()))?;
         check_code(result.error(), result.error_message())?;
         Ok(result.offset())
+    }
+}
+
+/// A fetch queued by [`Client::start_fetch`].
+pub struct PendingFetch {
+    pending: PendingResponse,
+    requested_offset: u64,
+}
+
+impl PendingFetch {
+    /// The offset this fetch asked for.
+    pub fn requested_offset(&self) -> u64 {
+        self.requested_offset
+    }
+
+    /// Waits for the response (long poll included).
+    pub async fn wait(self) -> Result<FetchedPartition> {
+        let body = self.pending.wait().await?;
+        fetch::decode_fetch(body, self.requested_offset)
     }
 }
 

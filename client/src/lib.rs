@@ -25,7 +25,7 @@ mod producer;
 mod types;
 
 pub use admin::Admin;
-pub use client::{finish_produce, Client, ClientConfig, Route};
+pub use client::{finish_produce, Client, ClientConfig, PendingFetch, Route};
 pub use conn::{Body, Connection, PendingResponse};
 pub use consumer::Consumer;
 pub use error::{Error, Result};

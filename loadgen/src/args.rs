@@ -139,6 +139,10 @@ pub struct E2eArgs {
     /// How long to wait for the last messages after producing stops.
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     pub drain: Duration,
+    /// Schedule slot per producer, in µs: every slot sends what became due
+    /// since the previous one (a message waits on average half a slot).
+    #[arg(long, value_name = "US", default_value_t = crate::e2e::DEFAULT_SLOT_US)]
+    pub slot_us: u64,
 }
 
 #[derive(Args, Debug)]

@@ -6,15 +6,16 @@
 
 use crate::args::E2eArgs;
 use crate::consume::offsets;
+use crate::pacer::Pacer;
 use crate::payload::{read_stamp, Clock, Payloads};
 use crate::produce::{base_report, build_batch, ProduceSpec};
 use crate::report::new_histogram;
 use crate::setup::Session;
 use anyhow::Result;
-use coremq_client::{finish_produce, Client, FetchOptions, OffsetSpec};
+use coremq_client::{finish_produce, Client, FetchOptions, OffsetSpec, PendingFetch, ProduceAck};
 use coremq_wire::batch::records_from;
 use futures::stream::FuturesUnordered;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use hdrhistogram::Histogram;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -23,8 +24,12 @@ use std::time::{Duration, Instant};
 
 pub const DEFAULT_RATE: u64 = 100_000;
 /// Largest number of messages per request in e2e (smaller than produce's
-/// default: at a fixed rate, batches are what 1 ms of schedule brings).
+/// default: at a fixed rate, batches are what one slot of schedule brings).
 pub const DEFAULT_BATCH: usize = 500;
+/// Default schedule slot (`--slot-us`). Each producer sends what is due every
+/// slot, so a message waits on average half a slot before it leaves: 100 µs
+/// adds ~50 µs, where tokio's 1 ms interval added ~0.5 ms plus its lateness.
+pub const DEFAULT_SLOT_US: u64 = 100;
 /// Bound on requests awaiting acks per producer: memory safety only; the
 /// schedule (and so the measured latency) does not depend on it.
 const MAX_OUTSTANDING: usize = 4096;
@@ -38,6 +43,8 @@ struct Counters {
 pub async fn run(args: E2eArgs) -> Result<ExitCode> {
     let common = &args.common;
     let mut session = Session::open(common).await?;
+    let run_started = Instant::now();
+    let cpu_at_start = crate::report::process_cpu_seconds();
     let mut spec = ProduceSpec::from_common(common, session.partitions);
     spec.batch = common.batch_or(DEFAULT_BATCH);
     let rate = common.rate.unwrap_or(DEFAULT_RATE).max(1);
@@ -46,6 +53,7 @@ pub async fn run(args: E2eArgs) -> Result<ExitCode> {
         (None, Some(m)) => Duration::from_secs_f64(m as f64 / rate as f64),
         (None, None) => crate::produce::DEFAULT_DURATION,
     };
+    let slot = Duration::from_micros(args.slot_us.max(1));
     let clock = Clock::new();
     let counters = Arc::new(Counters {
         acked: AtomicU64::new(0),
@@ -90,6 +98,7 @@ pub async fn run(args: E2eArgs) -> Result<ExitCode> {
                 id,
                 rate as f64 / spec.producers as f64,
                 duration,
+                slot,
                 clock,
                 counters.clone(),
             ))
@@ -123,6 +132,29 @@ pub async fn run(args: E2eArgs) -> Result<ExitCode> {
     );
     report.set_latency("intended send time -> consumed (open loop)", &histogram);
     report.extra.insert("target_rate".into(), rate.into());
+    report.extra.insert("slot_us".into(), args.slot_us.into());
+    report.extra.insert(
+        "pacing".into(),
+        if Pacer::new().is_precise() {
+            "timerfd"
+        } else {
+            "tokio-timer-1ms"
+        }
+        .into(),
+    );
+    // CPU of this process only (all its threads; not the spawned broker).
+    if let (Some(end), Some(begin)) = (crate::report::process_cpu_seconds(), cpu_at_start) {
+        let cpu = end - begin;
+        let wall = run_started.elapsed().as_secs_f64();
+        report.extra.insert(
+            "loadgen_cpu_s".into(),
+            ((cpu * 100.0).round() / 100.0).into(),
+        );
+        report.extra.insert(
+            "loadgen_cpu_pct".into(),
+            ((cpu / wall * 1000.0).round() / 10.0).into(),
+        );
+    }
     report.extra.insert("sent".into(), sent.into());
     report.extra.insert("acked".into(), acked.into());
     report.extra.insert("received".into(), received.into());
@@ -141,71 +173,111 @@ pub async fn run(args: E2eArgs) -> Result<ExitCode> {
     report.finish(common)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn producer(
     client: Client,
     spec: ProduceSpec,
     id: usize,
     rate: f64,
     duration: Duration,
+    slot: Duration,
     clock: Clock,
     counters: Arc<Counters>,
 ) -> (u64, Vec<String>) {
     let mut errors = Vec::new();
     let mut payloads = Payloads::new(spec.msg_size);
+    let mut pacer = Pacer::new();
+    let start = Instant::now();
     let start_ns = clock.now_ns();
     let total = (duration.as_secs_f64() * rate).round() as u64;
     let nanos_per_message = 1e9 / rate;
-    // Message i of this producer is due at start + i / rate.
+    // Message i of this producer is due at start + i / rate: its INTENDED
+    // send time, stamped in its payload whatever time it actually leaves.
     let intended = move |i: u64| start_ns + (i as f64 * nanos_per_message) as u64;
+    let slot_ns = (slot.as_nanos() as u64).max(1);
+    // Producers tick at staggered phases, so their requests interleave.
+    let phase_ns = slot_ns * id as u64 / spec.producers.max(1) as u64;
+    let mut tick = 0u64;
     let mut sent = 0u64;
     let mut partition = id as u32 % spec.partitions;
     let mut in_flight = FuturesUnordered::new();
-    let mut ticker = tokio::time::interval(Duration::from_millis(1));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    while sent < total || !in_flight.is_empty() {
-        tokio::select! {
-            _ = ticker.tick(), if sent < total && in_flight.len() < MAX_OUTSTANDING => {
-                let now = clock.now_ns();
-                let due = if now < start_ns {
-                    0
-                } else {
-                    (((now - start_ns) as f64 / nanos_per_message) as u64 + 1).min(total)
-                };
-                while sent < due && in_flight.len() < MAX_OUTSTANDING {
-                    let count = (due - sent).min(spec.batch as u64);
-                    // The sequence in the payload is the schedule index.
-                    let mut index = sent;
-                    let batch = build_batch(&mut payloads, &mut index, count, intended, None);
-                    sent += count;
-                    let this_partition = partition;
-                    partition = (partition + 1) % spec.partitions;
-                    let route = client.route_for(&spec.topic, this_partition);
-                    match client.start_produce_owned(route, &spec.topic, this_partition, batch.into()).await {
-                        Ok(pending) => in_flight.push(async move {
-                            (finish_produce(pending, 1).await, count)
-                        }),
-                        Err(error) => {
-                            errors.push(format!("produce: {error}"));
-                            if error.is_connection() {
-                                return (sent, errors);
-                            }
-                        }
-                    }
+    let note = |errors: &mut Vec<String>, result, count| match result {
+        Ok(()) => {
+            counters.acked.fetch_add(count, Ordering::AcqRel);
+        }
+        Err(error) => {
+            if errors.len() < 100 {
+                errors.push(format!("produce: {error}"));
+            }
+        }
+    };
+    while sent < total {
+        // Sleep to the next slot boundary (a precise hrtimer, see pacer.rs).
+        // Acks are not awaited here: the schedule never waits for them.
+        pacer
+            .sleep_until(start + Duration::from_nanos(phase_ns + tick * slot_ns))
+            .await;
+        let now = clock.now_ns();
+        let due = if now < start_ns {
+            0
+        } else {
+            (((now - start_ns) as f64 / nanos_per_message) as u64 + 1).min(total)
+        };
+        while sent < due {
+            if in_flight.len() >= MAX_OUTSTANDING {
+                // Memory bound only; the latency of what waits here still
+                // counts from its intended time.
+                if let Some((result, count)) = in_flight.next().await {
+                    note(&mut errors, ack_result(result), count);
                 }
             }
-            Some((result, count)) = in_flight.next(), if !in_flight.is_empty() => {
-                match result.and_then(|mut r| r.pop().unwrap_or(Err(coremq_client::Error::Protocol("no result".into())))) {
-                    Ok(_) => { counters.acked.fetch_add(count, Ordering::AcqRel); }
-                    Err(error) => {
-                        if errors.len() < 100 {
-                            errors.push(format!("produce: {error}"));
-                        }
+            let count = (due - sent).min(spec.batch as u64);
+            // The sequence in the payload is the schedule index.
+            let mut index = sent;
+            let batch = build_batch(&mut payloads, &mut index, count, intended, None);
+            sent += count;
+            let this_partition = partition;
+            partition = (partition + 1) % spec.partitions;
+            let route = client.route_for(&spec.topic, this_partition);
+            match client
+                .start_produce_owned(route, &spec.topic, this_partition, batch.into())
+                .await
+            {
+                Ok(pending) => {
+                    in_flight.push(async move { (finish_produce(pending, 1).await, count) })
+                }
+                Err(error) => {
+                    errors.push(format!("produce: {error}"));
+                    if error.is_connection() {
+                        return (sent, errors);
                     }
                 }
             }
         }
+        // Collect the acks that have arrived, without waiting.
+        while let Some(Some((result, count))) = in_flight.next().now_or_never() {
+            note(&mut errors, ack_result(result), count);
+        }
+        // The next slot after now (slots missed while busy are skipped: what
+        // they would have sent goes out in the next one, stamped as due).
+        let elapsed = start.elapsed().as_nanos() as u64;
+        tick = (tick + 1).max((elapsed.saturating_sub(phase_ns)) / slot_ns + 1);
+    }
+    while let Some((result, count)) = in_flight.next().await {
+        note(&mut errors, ack_result(result), count);
     }
     (sent, errors)
+}
+
+fn ack_result(
+    result: coremq_client::Result<Vec<coremq_client::Result<ProduceAck>>>,
+) -> coremq_client::Result<()> {
+    result
+        .and_then(|mut r| {
+            r.pop()
+                .unwrap_or(Err(coremq_client::Error::Protocol("no result".into())))
+        })
+        .map(|_| ())
 }
 
 async fn consumer(
@@ -225,6 +297,12 @@ async fn consumer(
         min_bytes: 1,
     };
     let mut drain_deadline: Option<Instant> = None;
+    // The fetch in flight. As soon as one answers, the next is queued (its
+    // offset read from the batch headers alone), and only then are the
+    // records decoded and timed: the broker holds a long poll again while
+    // this side works, so a message appended meanwhile is not left waiting
+    // for the processing as well as for the request's trip.
+    let mut pending: Option<PendingFetch> = None;
     loop {
         if counters.producing_done.load(Ordering::Acquire) {
             let deadline = *drain_deadline.get_or_insert_with(|| Instant::now() + drain);
@@ -234,7 +312,11 @@ async fn consumer(
                 break;
             }
         }
-        let fetched = match client.fetch(&topic, partition, offset, &options).await {
+        let fetched = match pending.take() {
+            Some(fetch) => fetch.wait().await,
+            None => client.fetch(&topic, partition, offset, &options).await,
+        };
+        let fetched = match fetched {
             Ok(fetched) => fetched,
             Err(error) => {
                 errors.push(format!("fetch {topic}/{partition}@{offset}: {error}"));
@@ -246,6 +328,18 @@ async fn consumer(
             }
         };
         let now = clock.now_ns();
+        if let Ok(summary) = fetched.summarize(false) {
+            if summary.records > 0 {
+                match client
+                    .start_fetch(&topic, partition, summary.next_offset, &options)
+                    .await
+                {
+                    Ok(next) => pending = Some(next),
+                    // Retried below by a plain fetch.
+                    Err(error) => tracing::debug!(%error, "queueing the next fetch"),
+                }
+            }
+        }
         let mut count = 0;
         for record in records_from(&fetched.records, offset) {
             match record {
@@ -262,6 +356,14 @@ async fn consumer(
                     return (histogram, errors);
                 }
             }
+        }
+        if pending
+            .as_ref()
+            .is_some_and(|next| next.requested_offset() != offset)
+        {
+            // Header pass and records disagree (cannot happen with whole
+            // batches): drop the queued fetch, fetch from `offset`.
+            pending = None;
         }
         counters.received.fetch_add(count, Ordering::AcqRel);
     }

@@ -12,6 +12,7 @@ mod broker;
 mod consume;
 mod e2e;
 mod malloc;
+mod pacer;
 mod payload;
 mod produce;
 mod quickstart;

@@ -10,6 +10,18 @@ use serde_json::{json, Map, Value};
 use std::process::ExitCode;
 
 /// Latencies in microseconds, 1 µs .. 100 s, 3 significant digits.
+/// User + system CPU time of this process (all threads, not children).
+pub fn process_cpu_seconds() -> Option<f64> {
+    // SAFETY: getrusage writes into the zeroed struct we pass.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: RUSAGE_SELF with a valid pointer to an rusage.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return None;
+    }
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Some(seconds(usage.ru_utime) + seconds(usage.ru_stime))
+}
+
 pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 100_000_000, 3).expect("static histogram bounds are valid")
 }
