@@ -325,6 +325,9 @@ impl ShardContext {
                 ("connections_total".into(), m.connections_total.get()),
                 ("flushes".into(), storage.flushes.get()),
                 ("flush_bytes".into(), storage.flush_bytes.get()),
+                ("disk_reads".into(), storage.disk_reads.get()),
+                ("disk_read_bytes".into(), storage.disk_read_bytes.get()),
+                ("read_ahead_hits".into(), storage.read_ahead_hits.get()),
             ],
         };
         if reset {

@@ -70,6 +70,11 @@ pub struct StorageMetrics {
     pub appended_batches: std::cell::Cell<u64>,
     pub appended_records: std::cell::Cell<u64>,
     pub appended_bytes: std::cell::Cell<u64>,
+    /// O_DIRECT log reads (read-ahead included) and their bytes.
+    pub disk_reads: std::cell::Cell<u64>,
+    pub disk_read_bytes: std::cell::Cell<u64>,
+    /// Disk runs served from a read-ahead.
+    pub read_ahead_hits: std::cell::Cell<u64>,
 }
 
 impl StorageMetrics {
@@ -94,6 +99,9 @@ impl StorageMetrics {
             appended_batches: Default::default(),
             appended_records: Default::default(),
             appended_bytes: Default::default(),
+            disk_reads: Default::default(),
+            disk_read_bytes: Default::default(),
+            read_ahead_hits: Default::default(),
         }
     }
 }

@@ -347,3 +347,68 @@ fn segments_roll_and_reads_come_from_disk() {
         }
     });
 }
+
+/// A sequential reader's next fetches are read ahead from disk; what it gets
+/// is still exactly what was appended, also when reads yield, and a
+/// read-ahead that fails verification is never served.
+#[test]
+fn sequential_reads_are_read_ahead() {
+    use coremq_shard::disk::memory::Faults;
+    let disk = MemDisk::new(11);
+    let clock = ManualClock::new(0);
+    block_on(async {
+        let engine = open(&disk, &clock, 256 << 10).await;
+        engine
+            .create_topic(topic("t", 1, Durability::Always))
+            .await
+            .unwrap();
+        let mut want = Vec::new();
+        for i in 0..300u32 {
+            let b = batch(2, 700 + (i as usize % 5) * 100, i as i64, i as u8);
+            let out = engine.append("t", 0, &b).await.unwrap();
+            want.extend(stored(&b, out.base_offset, out.append_time_ms));
+        }
+        let hw = engine.high_watermark("t", 0).unwrap();
+        let read_all = |max_bytes: u32| {
+            let engine = &engine;
+            async move {
+                let mut got = Vec::new();
+                let mut offset = 0;
+                while offset < hw {
+                    let read = engine.read("t", 0, offset, max_bytes).await?;
+                    let last = coremq_wire::batch::split_batches(&read.batches)
+                        .last()
+                        .unwrap()
+                        .unwrap();
+                    let header = coremq_wire::BatchHeader::parse(last).unwrap();
+                    offset = header.base_offset + header.record_count as u64;
+                    got.extend_from_slice(&read.batches);
+                }
+                Ok::<_, StorageError>(got)
+            }
+        };
+        disk.set_faults(Faults {
+            yield_first: 0.5,
+            ..Faults::default()
+        });
+        for max_bytes in [5_000, 20_000, 64 << 10] {
+            assert_eq!(read_all(max_bytes).await.unwrap(), want);
+        }
+        assert!(engine.metrics().read_ahead_hits.get() > 10);
+        // Bit flips on the way from the device: never served.
+        disk.set_faults(Faults {
+            read_bit_flip: 0.3,
+            yield_first: 0.3,
+            ..Faults::default()
+        });
+        for _ in 0..5 {
+            match read_all(20_000).await {
+                Ok(got) => assert_eq!(got, want),
+                Err(StorageError::CorruptBatch(_)) => {}
+                Err(other) => panic!("unexpected read error: {other}"),
+            }
+        }
+        disk.set_faults(Faults::default());
+        engine.close().await.unwrap();
+    });
+}

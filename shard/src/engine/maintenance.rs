@@ -91,6 +91,7 @@ impl<D: Disk, C: Clock> Engine<D, C> {
             }
             let removed = state.segments.remove_before(cut);
             state.cache.drop_before(cut);
+            self.read_ahead.borrow_mut().clear();
             tracing::info!(
                 shard = self.config.shard.0,
                 segments = removed.len(),
@@ -234,6 +235,8 @@ impl<D: Disk, C: Clock> Engine<D, C> {
         let _roll = self.roll_lock.lock().await;
         let _flush = self.flush_gate.enter().await;
         self.flush_locked(true).await?;
+        // Reads ahead hold segment files: drop them before closing the files.
+        self.read_ahead.borrow_mut().clear();
         let Some(state) = self.state.borrow_mut().take() else {
             return Ok(());
         };

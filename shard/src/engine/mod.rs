@@ -235,6 +235,8 @@ pub struct Engine<D: Disk, C: Clock> {
     catalog_lock: Mutex<()>,
     appended: event_listener::Event,
     metrics: StorageMetrics,
+    /// Sequential readers' next fetch, read ahead from disk (see `read`).
+    read_ahead: RefCell<read::ReadAheads<D::File>>,
 }
 
 impl<D: Disk, C: Clock> Engine<D, C> {
@@ -256,6 +258,7 @@ impl<D: Disk, C: Clock> Engine<D, C> {
             catalog_lock: Mutex::new(()),
             appended: event_listener::Event::new(),
             metrics: StorageMetrics::new(),
+            read_ahead: RefCell::new(read::ReadAheads::default()),
         })
     }
 

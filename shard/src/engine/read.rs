@@ -13,14 +13,110 @@ use crate::index::IndexEntry;
 use crate::storage::StorageError;
 use crate::ReadOutcome;
 use coremq_wire::BatchError;
+use futures::future::LocalBoxFuture;
+use std::collections::VecDeque;
+use std::io;
 use std::rc::Rc;
+use std::task::{Context, Poll};
 
 /// Entries of one partition further apart than this are read separately.
 const MAX_READ_GAP_BYTES: u64 = 256 << 10;
 /// Largest single disk read.
 const MAX_READ_BYTES: u64 = 8 << 20;
+/// Most bytes of read-ahead held (or in flight) per shard, over all partitions.
+const MAX_READ_AHEAD_BYTES: usize = 64 << 20;
+/// Fetches read ahead per sequential reader (disk reads in flight).
+const READ_AHEAD_DEPTH: usize = 2;
 
-impl<D: Disk, C: Clock> Engine<D, C> {
+/// The next fetch of a sequential reader, read from disk while the current
+/// one is being answered: one aligned read of a segment, started (its
+/// future polled once, which queues the I/O) when the read before it
+/// completed, and awaited by the read that asks for those entries.
+pub(crate) struct ReadAhead<F: DiskFile> {
+    /// Base offsets of the first and last batch it holds.
+    first_offset: u64,
+    last_offset: u64,
+    segment_base: u64,
+    /// File position and length of the aligned read.
+    from: u64,
+    len: usize,
+    read: Fetching<F::ReadBuffer>,
+}
+
+enum Fetching<B> {
+    Pending(LocalBoxFuture<'static, io::Result<B>>),
+    Ready(io::Result<B>),
+}
+
+impl<F: DiskFile> ReadAhead<F> {
+    fn covers(&self, segment_base: u64, entry: &IndexEntry) -> bool {
+        let at = entry.position.wrapping_sub(segment_base);
+        self.segment_base == segment_base
+            && entry.position >= segment_base
+            && at >= self.from
+            && at + entry.length as u64 <= self.from + self.len as u64
+    }
+
+    async fn bytes(self) -> io::Result<F::ReadBuffer> {
+        match self.read {
+            Fetching::Pending(read) => read.await,
+            Fetching::Ready(result) => result,
+        }
+    }
+}
+
+/// Read-ahead per partition (in log order), with the byte total.
+pub(crate) struct ReadAheads<F: DiskFile> {
+    by_partition: std::collections::HashMap<(u32, u32), VecDeque<ReadAhead<F>>>,
+    bytes: usize,
+}
+
+impl<F: DiskFile> Default for ReadAheads<F> {
+    fn default() -> Self {
+        ReadAheads {
+            by_partition: Default::default(),
+            bytes: 0,
+        }
+    }
+}
+
+impl<F: DiskFile> ReadAheads<F> {
+    fn take(&mut self, key: (u32, u32)) -> VecDeque<ReadAhead<F>> {
+        let taken = self.by_partition.remove(&key).unwrap_or_default();
+        self.bytes -= taken.iter().map(|a| a.len).sum::<usize>();
+        taken
+    }
+
+    fn put_back(&mut self, key: (u32, u32), queue: VecDeque<ReadAhead<F>>) {
+        if !queue.is_empty() {
+            self.bytes += queue.iter().map(|a| a.len).sum::<usize>();
+            self.by_partition.insert(key, queue);
+        }
+    }
+
+    fn depth(&self, key: (u32, u32)) -> usize {
+        self.by_partition.get(&key).map_or(0, |q| q.len())
+    }
+
+    fn has_room(&self, len: usize) -> bool {
+        self.bytes + len <= MAX_READ_AHEAD_BYTES
+    }
+
+    fn push(&mut self, key: (u32, u32), ahead: ReadAhead<F>) {
+        self.bytes += ahead.len;
+        self.by_partition.entry(key).or_default().push_back(ahead);
+    }
+
+    pub fn clear(&mut self) {
+        self.by_partition.clear();
+        self.bytes = 0;
+    }
+}
+
+impl<D: Disk, C: Clock> Engine<D, C>
+where
+    D::File: 'static,
+{
     /// Whole batches starting with the one holding `offset`, up to
     /// `max_bytes` (at least one batch if any is visible).
     pub async fn read(
@@ -68,6 +164,9 @@ impl<D: Disk, C: Clock> Engine<D, C> {
             .map(|e| e.length as usize - ENTRY_HEADER_LEN)
             .sum();
         let mut out = Vec::with_capacity(total);
+        let mut ahead = self.read_ahead.borrow_mut().take(key);
+        let m = &self.metrics;
+        let mut from_disk = false;
         let mut next = 0;
         while next < selected.len() {
             // From memory, as many as the cache holds.
@@ -95,6 +194,23 @@ impl<D: Disk, C: Clock> Engine<D, C> {
                         end: high_watermark,
                     })?
                     .clone();
+                // Read ahead by an earlier read: the entries it holds.
+                while ahead
+                    .front()
+                    .is_some_and(|a| a.last_offset < first.base_offset)
+                {
+                    ahead.pop_front();
+                }
+                let ahead_run = match ahead.front() {
+                    Some(a) if a.covers(segment.base, &first) => {
+                        let n = selected[next..]
+                            .iter()
+                            .take_while(|e| a.covers(segment.base, e))
+                            .count();
+                        ahead.pop_front().map(|a| (a, n))
+                    }
+                    _ => None,
+                };
                 let mut count = 1;
                 while let Some(e) = selected.get(next + count) {
                     let previous = selected[next + count - 1];
@@ -107,19 +223,119 @@ impl<D: Disk, C: Clock> Engine<D, C> {
                     }
                     count += 1;
                 }
-                (segment, count)
+                (segment, count, ahead_run)
             };
-            let (segment, count) = disk_run;
-            let run = &selected[next..next + count];
-            self.read_run(&segment.file, segment.base, key, run, &mut out)
-                .await?;
+            let (segment, mut count, ahead_run) = disk_run;
+            let mut served = false;
+            if let Some((ahead, n)) = ahead_run {
+                count = n;
+                let run = &selected[next..next + count];
+                let (from, keep) = (ahead.from, out.len());
+                // A failed or bad read-ahead is only a miss: read again below.
+                if let Ok(bytes) = ahead.bytes().await {
+                    served = verify_run(&bytes, from + segment.base, key, run, &mut out).is_ok();
+                }
+                if served {
+                    m.read_ahead_hits.set(m.read_ahead_hits.get() + 1);
+                }
+                if !served {
+                    out.truncate(keep);
+                }
+            }
+            if !served {
+                let run = &selected[next..next + count];
+                self.read_run(&segment.file, segment.base, key, run, &mut out)
+                    .await?;
+            }
+            from_disk = true;
             next += count;
+        }
+        if let Some(last) = selected.last().filter(|_| from_disk || !ahead.is_empty()) {
+            // Keep what lies beyond this read, then top the queue up.
+            ahead.retain(|a| a.first_offset > last.base_offset);
+            let mut after = ahead.back().map_or(last.base_offset, |a| a.last_offset);
+            self.read_ahead.borrow_mut().put_back(key, ahead);
+            while self.read_ahead.borrow().depth(key) < READ_AHEAD_DEPTH {
+                match self.start_read_ahead(key, after, max_bytes) {
+                    Some(last) => after = last,
+                    None => break,
+                }
+            }
         }
         Ok(ReadOutcome {
             batches: out,
             high_watermark,
             log_start_offset,
         })
+    }
+
+    /// Starts reading, in the background, what a sequential reader's next
+    /// fetch (after the batch at `last_offset`, up to `max_bytes`) will ask
+    /// for, if it is on disk: the entries of one segment, one aligned read.
+    /// Returns the base offset of the last batch it reads.
+    fn start_read_ahead(&self, key: (u32, u32), last_offset: u64, max_bytes: u32) -> Option<u64> {
+        let state = self.state().ok()?;
+        let p = state.partitions.get(&key)?;
+        let (visible, _) = p.visible(&state.writer);
+        let mut i = p.index.find(last_offset)? + 1;
+        let first = p.index.get(i).filter(|_| i < visible).copied()?;
+        if state
+            .cache
+            .get(first.position, first.length as usize)
+            .is_some()
+        {
+            return None;
+        }
+        let segment = state.segments.find(first.position)?;
+        let mut last = first;
+        let mut total = (first.length as usize - ENTRY_HEADER_LEN) as u64;
+        i += 1;
+        while i < visible {
+            let Some(e) = p.index.get(i) else { break };
+            let batch_bytes = (e.length as usize - ENTRY_HEADER_LEN) as u64;
+            if total + batch_bytes > max_bytes as u64
+                || e.end() > segment.end()
+                || e.position - last.end() > MAX_READ_GAP_BYTES
+                || e.end() - first.position > MAX_READ_BYTES
+                || state.cache.get(e.position, e.length as usize).is_some()
+            {
+                break;
+            }
+            total += batch_bytes;
+            last = *e;
+            i += 1;
+        }
+        let from = align_down(first.position - segment.base);
+        let len = (align_up(last.end() - segment.base) - from) as usize;
+        if !self.read_ahead.borrow().has_room(len) {
+            return None;
+        }
+        let file = segment.file.clone();
+        let segment_base = segment.base;
+        drop(state);
+        let m = &self.metrics;
+        m.disk_reads.set(m.disk_reads.get() + 1);
+        m.disk_read_bytes.set(m.disk_read_bytes.get() + len as u64);
+        let mut read: LocalBoxFuture<'static, io::Result<<D::File as DiskFile>::ReadBuffer>> =
+            Box::pin(async move { file.read_at(from, len).await });
+        // One poll queues the read; it completes while this fetch is answered.
+        let waker = futures::task::noop_waker_ref();
+        let read = match read.as_mut().poll(&mut Context::from_waker(waker)) {
+            Poll::Ready(result) => Fetching::Ready(result),
+            Poll::Pending => Fetching::Pending(read),
+        };
+        self.read_ahead.borrow_mut().push(
+            key,
+            ReadAhead {
+                first_offset: first.base_offset,
+                last_offset: last.base_offset,
+                segment_base,
+                from,
+                len,
+                read,
+            },
+        );
+        Some(last.base_offset)
     }
 
     /// Reads entries of one segment with one aligned read, verifying each.
@@ -140,6 +356,9 @@ impl<D: Disk, C: Clock> Engine<D, C> {
         let path = self.segment_path(segment_base);
         let keep = out.len();
         for attempt in 0..2 {
+            let m = &self.metrics;
+            m.disk_reads.set(m.disk_reads.get() + 1);
+            m.disk_read_bytes.set(m.disk_read_bytes.get() + len as u64);
             let bytes = file
                 .read_at(from, len)
                 .await
