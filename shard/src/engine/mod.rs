@@ -20,6 +20,7 @@ mod read;
 pub(crate) use append::write_snapshot;
 pub use append::MAX_PENDING_BYTES;
 pub(crate) use maintenance::remove_if_present;
+pub use read::MAX_READ_AHEAD_BYTES;
 
 use crate::catalog::{owns, Catalog, TopicRecord};
 use crate::clock::Clock;

@@ -23,8 +23,9 @@ use std::task::{Context, Poll};
 const MAX_READ_GAP_BYTES: u64 = 256 << 10;
 /// Largest single disk read.
 const MAX_READ_BYTES: u64 = 8 << 20;
-/// Most bytes of read-ahead held (or in flight) per shard, over all partitions.
-const MAX_READ_AHEAD_BYTES: usize = 64 << 20;
+/// Most bytes of read-ahead held (or in flight) per shard, over all partitions
+/// (part of `StorageConfig::io_memory_bytes`).
+pub const MAX_READ_AHEAD_BYTES: usize = 32 << 20;
 /// Fetches read ahead per sequential reader (disk reads in flight).
 const READ_AHEAD_DEPTH: usize = 2;
 
