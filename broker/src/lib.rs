@@ -17,6 +17,7 @@ pub mod connection;
 pub mod context;
 pub mod dispatch;
 pub mod handlers;
+pub mod malloc;
 pub mod mesh;
 pub mod metrics;
 pub mod read_buffer;

@@ -6,6 +6,7 @@ use coremq_broker::config::{Args, BrokerConfig};
 use std::io::Write;
 
 fn main() -> anyhow::Result<()> {
+    coremq_broker::malloc::keep_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("COREMQ_LOG")
