@@ -27,9 +27,13 @@ pub const DEFAULT_RATE: u64 = 100_000;
 /// default: at a fixed rate, batches are what one slot of schedule brings).
 pub const DEFAULT_BATCH: usize = 500;
 /// Default schedule slot (`--slot-us`). Each producer sends what is due every
-/// slot, so a message waits on average half a slot before it leaves: 100 µs
-/// adds ~50 µs, where tokio's 1 ms interval added ~0.5 ms plus its lateness.
-pub const DEFAULT_SLOT_US: u64 = 100;
+/// slot, so a message waits on average half a slot (at most one) before it
+/// leaves, where tokio's 1 ms interval added ~0.5 ms plus its lateness. Each
+/// slot costs one request per producer, on both sides of a shared 2-core
+/// host: 100 µs slots took ~40% of a core in the load generator (vs ~17% at
+/// 1 ms) and raised the broker's request rate 5x, which made latency worse
+/// there; 300 µs had the best medians (README, "End-to-end latency work").
+pub const DEFAULT_SLOT_US: u64 = 300;
 /// Bound on requests awaiting acks per producer: memory safety only; the
 /// schedule (and so the measured latency) does not depend on it.
 const MAX_OUTSTANDING: usize = 4096;
@@ -195,8 +199,10 @@ async fn producer(
     // send time, stamped in its payload whatever time it actually leaves.
     let intended = move |i: u64| start_ns + (i as f64 * nanos_per_message) as u64;
     let slot_ns = (slot.as_nanos() as u64).max(1);
-    // Producers tick at staggered phases, so their requests interleave.
-    let phase_ns = slot_ns * id as u64 / spec.producers.max(1) as u64;
+    // Every producer ticks at the same instants: their timers expire in one
+    // hrtimer interrupt and wake the runtime once per slot, not once per
+    // producer (each wake-up costs a context switch on a shared core).
+    let phase_ns = 0u64;
     let mut tick = 0u64;
     let mut sent = 0u64;
     let mut partition = id as u32 % spec.partitions;
