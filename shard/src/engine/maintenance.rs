@@ -113,17 +113,22 @@ impl<D: Disk, C: Clock> Engine<D, C> {
             let _flush = self.flush_gate.enter().await;
             self.flush_locked(true).await?;
         }
-        // Everything before the segment being written is synced now.
+        // Sealed segments whose every entry is synced get their index file;
+        // recovery trusts those files whole. A segment is not necessarily
+        // all synced yet: appends may have copied its tail and rolled to
+        // the next segment while the flush above ran.
         let (sealed, indexed_below) = {
             let state = self.state()?;
             let active = state.writer.segment_base();
+            let durable = state.writer.durable_end();
             let sealed: Vec<SegmentIndex> = state
                 .segments
                 .iter()
-                .filter(|s| s.base >= state.indexed_below && s.base < active)
+                .filter(|s| s.base >= state.indexed_below && s.base < active && s.end() <= durable)
                 .map(|s| segment_index_of(&state, s.base, s.size))
                 .collect();
-            (sealed, active.max(state.indexed_below))
+            let below = sealed.last().map_or(0, |s| s.base + s.size);
+            (sealed, below.max(state.indexed_below))
         };
         for index in &sealed {
             let name = segment_index_file_name(index.base);
