@@ -26,8 +26,11 @@ const MAX_READ_BYTES: u64 = 8 << 20;
 /// Most bytes of read-ahead held (or in flight) per shard, over all partitions
 /// (part of `StorageConfig::io_memory_bytes`).
 pub const MAX_READ_AHEAD_BYTES: usize = 32 << 20;
-/// Fetches read ahead per sequential reader (disk reads in flight).
-const READ_AHEAD_DEPTH: usize = 2;
+/// Fetches read ahead per sequential reader (disk reads in flight). Two
+/// gave ~20% more consume throughput but, in some runs, single reads
+/// waiting ~0.3–0.5 s (consistent with mq-deadline's 500 ms read expiry:
+/// one shard's stream starved by the other's); see docs/perf.md.
+const READ_AHEAD_DEPTH: usize = 1;
 
 /// The next fetch of a sequential reader, read from disk while the current
 /// one is being answered: one aligned read of a segment, started (its
