@@ -230,22 +230,11 @@ impl ShardContext {
                 format!("topic '{}' already exists", config.name),
             ));
         }
-        let calls = (0..self.shard_count()).map(|shard| {
-            let config = config.clone();
-            async move {
-                if shard == self.id {
-                    self.storage
-                        .create_topic(config)
-                        .await
-                        .map_err(RequestError::from)
-                } else {
-                    self.mesh
-                        .call(shard, |reply| ShardRequest::CreateTopic { config, reply })
-                        .await
-                }
-            }
-        });
-        first_error(futures::future::join_all(calls).await)
+        self.on_every_shard(|reply| ShardRequest::CreateTopic {
+            config: config.clone(),
+            reply,
+        })
+        .await
     }
 
     pub async fn delete_topic(&self, name: &str) -> Result<(), RequestError> {
@@ -256,21 +245,21 @@ impl ShardContext {
                 format!("unknown topic '{name}'"),
             ));
         }
-        let calls = (0..self.shard_count()).map(|shard| {
-            let name = name.to_string();
-            async move {
-                if shard == self.id {
-                    self.storage
-                        .delete_topic(&name)
-                        .await
-                        .map_err(RequestError::from)
-                } else {
-                    self.mesh
-                        .call(shard, |reply| ShardRequest::DeleteTopic { name, reply })
-                        .await
-                }
-            }
-        });
+        self.on_every_shard(|reply| ShardRequest::DeleteTopic {
+            name: name.to_string(),
+            reply,
+        })
+        .await
+    }
+
+    /// Runs a catalog change on every shard (this one included, through its own
+    /// mesh receiver, so every shard applies it by the same code path) and
+    /// returns the first error.
+    async fn on_every_shard(
+        &self,
+        make: impl Fn(crate::mesh::Reply<()>) -> ShardRequest,
+    ) -> Result<(), RequestError> {
+        let calls = (0..self.shard_count()).map(|shard| self.mesh.call(shard, &make));
         first_error(futures::future::join_all(calls).await)
     }
 
