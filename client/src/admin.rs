@@ -45,21 +45,7 @@ impl Admin {
             },
         );
         builder.finish(root, None);
-        let timeout = self.client.config().request_timeout;
-        let body = self
-            .client
-            .call(
-                Route::Main,
-                Kind::CreateTopic,
-                Body::from_builder(builder),
-                timeout,
-            )
-            .await?;
-        let result = parse::<fb::TopicResult>(&body)?;
-        check_code(result.error(), result.error_message())?;
-        // Producers look partitions up in the cached metadata.
-        self.client.refresh_metadata().await?;
-        Ok(())
+        self.change_topic(Kind::CreateTopic, builder).await
     }
 
     /// Creates the topic unless it exists. Returns whether it was created.
@@ -87,15 +73,16 @@ impl Admin {
             },
         );
         builder.finish(root, None);
+        self.change_topic(Kind::DeleteTopic, builder).await
+    }
+
+    /// Sends a create or delete request, checks its `TopicResult`, and
+    /// refreshes metadata (producers look partitions up in the cached copy).
+    async fn change_topic(&self, kind: Kind, builder: FlatBufferBuilder<'_>) -> Result<()> {
         let timeout = self.client.config().request_timeout;
         let body = self
             .client
-            .call(
-                Route::Main,
-                Kind::DeleteTopic,
-                Body::from_builder(builder),
-                timeout,
-            )
+            .call(Route::Main, kind, Body::from_builder(builder), timeout)
             .await?;
         let result = parse::<fb::TopicResult>(&body)?;
         check_code(result.error(), result.error_message())?;
