@@ -20,5 +20,6 @@ pub mod handlers;
 pub mod malloc;
 pub mod mesh;
 pub mod metrics;
+pub mod ports;
 pub mod read_buffer;
 pub mod server;

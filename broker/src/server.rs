@@ -10,7 +10,6 @@ use crate::metrics::ShardMetrics;
 use coremq_shard::{ShardId, ShardStorage, StorageConfig};
 use futures::future::{select, Either};
 use glommio::{LocalExecutorBuilder, Placement};
-use socket2::{Domain, Socket, Type};
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -88,33 +87,6 @@ impl BrokerHandle {
     }
 }
 
-/// Reserves a port with SO_REUSEPORT without listening on it, so port 0 can be
-/// resolved once and then bound by every shard.
-fn reserve(address: SocketAddr) -> Result<Socket, StartError> {
-    let domain = if address.is_ipv6() {
-        Domain::IPV6
-    } else {
-        Domain::IPV4
-    };
-    let socket = Socket::new(domain, Type::STREAM, None)
-        .map_err(|source| StartError::Port { address, source })?;
-    socket
-        .set_reuse_port(true)
-        .map_err(|source| StartError::Port { address, source })?;
-    socket
-        .bind(&address.into())
-        .map_err(|source| StartError::Port { address, source })?;
-    Ok(socket)
-}
-
-fn local_address(socket: &Socket, fallback: SocketAddr) -> SocketAddr {
-    socket
-        .local_addr()
-        .ok()
-        .and_then(|a| a.as_socket())
-        .unwrap_or(fallback)
-}
-
 pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
     std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
         path: config.data_dir.display().to_string(),
@@ -122,23 +94,14 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
     })?;
     let shards = config.shards;
 
-    // Resolve every port first; the placeholders keep them ours until the shards bind.
-    let main_placeholder = reserve(config.listen)?;
-    let main_address = local_address(&main_placeholder, config.listen);
-    let mut placeholders = vec![main_placeholder];
-    let mut shard_addresses = Vec::with_capacity(shards as usize);
-    for shard in 0..shards {
-        let mut address = config.listen;
-        address.set_port(if config.listen.port() == 0 {
-            0
-        } else {
-            main_address.port() + 1 + shard
-        });
-        let socket = reserve(address)?;
-        shard_addresses.push(local_address(&socket, address));
-        placeholders.push(socket);
-    }
-
+    // Resolve every port first: the main placeholder keeps the main port ours
+    // until the shards bind it; the own ports are already listening.
+    let ports = crate::ports::reserve(config.listen, shards).map_err(|e| StartError::Port {
+        address: e.address,
+        source: e.source,
+    })?;
+    let (main_address, shard_addresses) = (ports.main_address, ports.shard_addresses.clone());
+    let mut own_listeners = ports.own_listeners.into_iter();
     let cores: Vec<usize> = core_affinity::get_core_ids()
         .unwrap_or_default()
         .into_iter()
@@ -161,6 +124,10 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
         if let Some(spin) = config.spin_before_park {
             builder = builder.spin_before_park(spin);
         }
+        let own_listener = own_listeners.next().ok_or_else(|| StartError::Executor {
+            shard,
+            reason: "no own port reserved".into(),
+        })?;
         let (config, mesh, ready, shard_addresses) = (
             config.clone(),
             mesh.clone(),
@@ -174,8 +141,11 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
                     config,
                     mesh,
                     receiver,
-                    main_address,
-                    shard_addresses,
+                    ShardPorts {
+                        main_address,
+                        own_listener,
+                        shard_addresses,
+                    },
                     ready,
                 )
             })
@@ -203,7 +173,7 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
             }
         }
     }
-    drop(placeholders);
+    drop(ports.main_placeholder);
     let handle = BrokerHandle {
         mesh,
         threads,
@@ -228,15 +198,27 @@ fn storage_config(config: &BrokerConfig, shard: u16) -> StorageConfig {
     storage
 }
 
+/// What a shard listens on: the shared main port (bound by the shard itself,
+/// SO_REUSEPORT) and its own port (already listening, see [`crate::ports`]).
+struct ShardPorts {
+    main_address: SocketAddr,
+    own_listener: socket2::Socket,
+    shard_addresses: Vec<SocketAddr>,
+}
+
 async fn shard_main(
     shard: u16,
     config: BrokerConfig,
     mesh: Mesh,
     receiver: async_channel::Receiver<ShardRequest>,
-    main_address: SocketAddr,
-    shard_addresses: Vec<SocketAddr>,
+    ports: ShardPorts,
     ready: mpsc::Sender<Result<u16, StartError>>,
 ) {
+    let ShardPorts {
+        main_address,
+        own_listener,
+        shard_addresses,
+    } = ports;
     let fail = |reason: String| {
         tracing::error!(shard, %reason, "shard failed to start");
         let _ = ready.send(Err(StartError::Shard { shard, reason }));
@@ -245,12 +227,14 @@ async fn shard_main(
         Ok(storage) => storage,
         Err(error) => return fail(format!("cannot open storage: {error}")),
     };
-    let listeners =
-        [main_address, shard_addresses[shard as usize]].map(glommio::net::TcpListener::bind);
-    let [Ok(main_listener), Ok(own_listener)] = listeners else {
-        let _ = storage.close().await;
-        return fail("cannot listen on the main or the shard port".to_string());
+    let main_listener = match glommio::net::TcpListener::bind(main_address) {
+        Ok(listener) => listener,
+        Err(error) => {
+            let _ = storage.close().await;
+            return fail(format!("cannot listen on {main_address}: {error}"));
+        }
     };
+    let own_listener = crate::ports::into_glommio(own_listener);
     let ctx = Rc::new(ShardContext {
         id: shard,
         config,

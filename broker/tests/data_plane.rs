@@ -5,6 +5,7 @@ mod common;
 use common::*;
 use coremq_wire::frame::Kind;
 use coremq_wire::ErrorCode;
+use std::path::Path;
 
 #[test]
 fn round_trip_on_every_shard_and_through_forwarding() {
@@ -52,6 +53,29 @@ fn round_trip_on_every_shard_and_through_forwarding() {
             );
         }
     }
+}
+
+/// The default data dir is relative (`./coremq-data`); glommio 0.9 cannot open
+/// relative paths by itself (EBADF), so this runs the broker from a working
+/// directory with a relative --data-dir, produces, restarts, and reads back.
+#[test]
+fn relative_data_dir_works_and_survives_a_restart() {
+    let temp = temp_data_dir();
+    let relative = Path::new("coremq-data");
+    let mut broker = Broker::start_from(Some(temp.path()), relative, 2, &[]);
+    let mut conn = broker.connect();
+    assert_eq!(conn.create_topic("rel", 2, None), ErrorCode::None);
+    for partition in 0..2 {
+        let (error, base) = conn.produce("rel", partition, &batch("r", 3));
+        assert_eq!((error, base), (ErrorCode::None, 0));
+    }
+    broker.kill9();
+    let broker = Broker::start_from(Some(temp.path()), relative, 2, &[]);
+    let mut conn = broker.connect();
+    for partition in 0..2 {
+        assert_eq!(conn.read_all("rel", partition, 0).len(), 3);
+    }
+    assert!(temp.path().join("coremq-data/shard-0").is_dir());
 }
 
 #[test]

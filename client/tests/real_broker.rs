@@ -5,7 +5,7 @@ use coremq_client::{
     Admin, Client, Consumer, ErrorCode, OffsetSpec, Producer, Record, TopicConfig,
 };
 use futures::StreamExt;
-use std::net::TcpListener;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -32,11 +32,10 @@ struct Broker {
 }
 
 impl Broker {
+    /// Starts on port 0: the broker picks free ports itself and prints them.
     fn start(binary: &Path) -> Broker {
         let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_ports(3);
-        let addr = format!("127.0.0.1:{port}");
-        let child = spawn(binary, &addr, dir.path());
+        let (child, addr) = spawn(binary, "127.0.0.1:0", dir.path());
         Broker {
             binary: binary.to_path_buf(),
             child,
@@ -45,47 +44,43 @@ impl Broker {
         }
     }
 
-    /// SIGKILL, then start again on the same data dir and port.
+    /// SIGKILL, then start again on the same data dir and the same ports.
     fn restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.child = spawn(&self.binary, &self.addr, self.dir.path());
+        let (child, addr) = spawn(&self.binary, &self.addr, self.dir.path());
+        assert_eq!(addr, self.addr);
+        self.child = child;
     }
 }
 
-fn spawn(binary: &Path, addr: &str, dir: &Path) -> Child {
-    let child = Command::new(binary)
-        .args(["--shards", "2", "--listen", addr, "--data-dir"])
+/// Starts the broker and returns it with the main address from its ready
+/// line: `coremq listening on ADDR shards=N shard_ports=a,b`.
+fn spawn(binary: &Path, listen: &str, dir: &Path) -> (Child, String) {
+    let mut child = Command::new(binary)
+        .args(["--shards", "2", "--listen", listen, "--data-dir"])
         .arg(dir)
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("start the broker");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "broker did not listen on {addr}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child
+    let mut line = String::new();
+    let stdout = child.stdout.take().expect("stdout");
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read the ready line");
+    let addr = line
+        .strip_prefix("coremq listening on ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("unexpected broker output: {line:?}"))
+        .to_string();
+    (child, addr)
 }
 
 impl Drop for Broker {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-fn free_ports(count: u16) -> u16 {
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if port < 60000 && (0..count).all(|i| TcpListener::bind(("127.0.0.1", port + i)).is_ok()) {
-            return port;
-        }
     }
 }
 

@@ -1,10 +1,9 @@
-//! Spawning a `coremq` broker for a run: temporary data dir, free port, wait
+//! Spawning a `coremq` broker for a run: temporary data dir, port 0, wait
 //! until it answers metadata, SIGTERM (then kill) when dropped.
 
 use anyhow::{bail, Context, Result};
 use coremq_client::{Client, ClientConfig};
 use std::fs::File;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -49,23 +48,6 @@ pub fn find_binary() -> Result<PathBuf> {
     )
 }
 
-/// A port P such that P and the shard ports P+1..=P+shards are free now.
-fn free_port_range(shards: u16) -> Result<u16> {
-    for _ in 0..50 {
-        let probe = TcpListener::bind("127.0.0.1:0").context("binding a probe socket")?;
-        let port = probe.local_addr()?.port();
-        drop(probe);
-        if u32::from(port) + u32::from(shards) + 1 > 65535 {
-            continue;
-        }
-        let all_free = (0..=shards).all(|i| TcpListener::bind(("127.0.0.1", port + i)).is_ok());
-        if all_free {
-            return Ok(port);
-        }
-    }
-    bail!("no free range of {} ports on 127.0.0.1", shards + 1)
-}
-
 pub struct SpawnedBroker {
     child: Child,
     pub addr: String,
@@ -85,13 +67,13 @@ impl SpawnedBroker {
         std::fs::create_dir_all(&data_dir)?;
         let log_path = dir.path().join("broker.log");
         let log = File::create(&log_path)?;
-        let port = free_port_range(shards)?;
-        let addr = format!("127.0.0.1:{port}");
+        // Port 0: the broker picks its ports itself and prints them, so
+        // parallel runs never race for a port between probing and binding.
         let child = Command::new(&binary)
             .arg("--data-dir")
             .arg(&data_dir)
             .arg("--listen")
-            .arg(&addr)
+            .arg("127.0.0.1:0")
             .arg("--shards")
             .arg(shards.to_string())
             .arg("--fsync")
@@ -103,17 +85,17 @@ impl SpawnedBroker {
             .with_context(|| format!("starting {}", binary.display()))?;
         let mut broker = SpawnedBroker {
             child,
-            addr,
+            addr: String::new(),
             log_path,
             _dir: dir,
         };
+        broker.wait_ready(Duration::from_secs(30)).await?;
         eprintln!(
             "spawned broker {} (pid {}) on {} with {shards} shards, fsync {fsync}",
             binary.display(),
             broker.child.id(),
             broker.addr
         );
-        broker.wait_ready(Duration::from_secs(30)).await?;
         Ok(broker)
     }
 
@@ -128,8 +110,20 @@ impl SpawnedBroker {
             if let Some(status) = self.child.try_wait()? {
                 bail!(
                     "the broker exited during start-up ({status}); its log:\n{}",
-                    tail(&self.log_path)
+                    excerpt(&self.log_path)
                 );
+            }
+            if self.addr.is_empty() {
+                match listening_address(&self.log_path) {
+                    Some(addr) => self.addr = addr,
+                    None if start.elapsed() > limit => bail!(
+                        "the broker did not report its address within {limit:?}; its log:\n{}",
+                        excerpt(&self.log_path)
+                    ),
+                    None => {}
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
             }
             match Client::connect_with(self.addr.clone(), config.clone()).await {
                 Ok(client) if client.metadata().shard_count > 0 => return Ok(()),
@@ -137,7 +131,7 @@ impl SpawnedBroker {
                 Err(error) if start.elapsed() > limit => {
                     bail!(
                         "the broker did not answer metadata within {limit:?}: {error}; its log:\n{}",
-                        tail(&self.log_path)
+                        excerpt(&self.log_path)
                     )
                 }
                 Err(_) => {}
@@ -184,6 +178,31 @@ impl SpawnedBroker {
 impl Drop for SpawnedBroker {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// The main address from the broker's ready line on stdout:
+/// `coremq listening on 127.0.0.1:PORT shards=N shard_ports=a,b`.
+fn listening_address(log: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("coremq listening on "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(str::to_string)
+}
+
+/// The part of a failed broker's log that explains the failure: from the
+/// first error line on (an anyhow report with a backtrace can be long, and
+/// the reason is at its top), or the last lines when there is none.
+fn excerpt(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let first_error = lines
+        .iter()
+        .position(|l| l.starts_with("Error:") || l.contains("ERROR") || l.contains("panicked"));
+    match first_error {
+        Some(at) => lines[at..lines.len().min(at + 40)].join("\n"),
+        None => tail(path),
     }
 }
 

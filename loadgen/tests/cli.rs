@@ -4,10 +4,9 @@
 //! --workspace` builds it); the tests skip, saying so, only when it does not exist.
 
 use serde_json::Value;
-use std::net::TcpListener;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
 fn broker_binary() -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
@@ -43,7 +42,8 @@ fn run(mut command: Command) -> (Output, Option<Value>) {
     (output, json)
 }
 
-/// A broker the test runs itself (for produce-then-verify against one broker).
+/// A broker the test runs itself (for produce-then-verify against one broker),
+/// on port 0: it picks free ports itself and prints the main address.
 struct Broker {
     child: Child,
     addr: String,
@@ -53,28 +53,32 @@ struct Broker {
 impl Broker {
     fn start(binary: &Path) -> Broker {
         let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_ports(3);
-        let addr = format!("127.0.0.1:{port}");
-        let child = Command::new(binary)
+        let mut child = Command::new(binary)
             .args([
                 "--shards",
                 "2",
                 "--fsync",
                 "always",
                 "--listen",
-                &addr,
+                "127.0.0.1:0",
                 "--data-dir",
             ])
             .arg(dir.path())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("start the broker");
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while std::net::TcpStream::connect(&addr).is_err() {
-            assert!(Instant::now() < deadline, "broker did not listen on {addr}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        // "coremq listening on ADDR shards=N shard_ports=a,b"
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("stdout");
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the ready line");
+        let addr = line
+            .strip_prefix("coremq listening on ")
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("unexpected broker output: {line:?}"))
+            .to_string();
         Broker {
             child,
             addr,
@@ -87,19 +91,6 @@ impl Drop for Broker {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-fn free_ports(count: u16) -> u16 {
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if port < 60000 && (0..count).all(|i| TcpListener::bind(("127.0.0.1", port + i)).is_ok()) {
-            return port;
-        }
     }
 }
 

@@ -45,7 +45,16 @@ impl Broker {
 
     /// Starts on an existing data directory (for restart tests).
     pub fn start_in(dir: &Path, shards: u16, extra: &[&str]) -> Broker {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_coremq"))
+        Broker::start_from(None, dir, shards, extra)
+    }
+
+    /// Starts with `cwd` as the working directory (`dir` may be relative to it).
+    pub fn start_from(cwd: Option<&Path>, dir: &Path, shards: u16, extra: &[&str]) -> Broker {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_coremq"));
+        if let Some(cwd) = cwd {
+            command.current_dir(cwd);
+        }
+        let mut child = command
             .arg("--data-dir")
             .arg(dir)
             .args([

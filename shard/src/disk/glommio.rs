@@ -10,7 +10,7 @@
 use super::{Disk, DiskFile, IoBuffer};
 use glommio::io::{DmaBuffer, DmaFile, OpenOptions, ReadResult};
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 impl IoBuffer for DmaBuffer {
@@ -67,6 +67,13 @@ fn to_io(error: glommio::GlommioError<()>) -> io::Error {
     }
 }
 
+/// `path` resolved against the working directory. glommio 0.9 opens with
+/// `openat(-1, path)` rather than `AT_FDCWD`, so a relative path (such as the
+/// broker's default `./coremq-data`) fails with EBADF (os error 9).
+fn absolute(path: &Path) -> io::Result<PathBuf> {
+    std::path::absolute(path)
+}
+
 /// The type of the file system holding `path`, from /proc/self/mounts
 /// (the longest mount point that is a prefix of the path).
 fn file_system_type(path: &Path) -> Option<String> {
@@ -110,7 +117,7 @@ impl Disk for GlommioDisk {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
-            .dma_open(path)
+            .dma_open(absolute(path)?)
             .await
             .map_err(to_io)?;
         Ok(GlommioFile { file })
@@ -122,14 +129,16 @@ impl Disk for GlommioDisk {
             .write(true)
             .create(true)
             .truncate(true)
-            .dma_open(path)
+            .dma_open(absolute(path)?)
             .await
             .map_err(to_io)?;
         Ok(GlommioFile { file })
     }
 
     async fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        let directory = glommio::io::Directory::open(dir).await.map_err(to_io)?;
+        let directory = glommio::io::Directory::open(absolute(dir)?)
+            .await
+            .map_err(to_io)?;
         let synced = directory.sync().await.map_err(to_io);
         directory.close().await.map_err(to_io)?;
         synced
@@ -168,7 +177,7 @@ impl DiskFile for GlommioFile {
     }
 
     async fn rename(&self, to: &Path) -> io::Result<()> {
-        self.file.rename(to).await.map_err(to_io)
+        self.file.rename(absolute(to)?).await.map_err(to_io)
     }
 
     async fn remove(&self) -> io::Result<()> {
