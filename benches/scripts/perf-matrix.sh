@@ -4,6 +4,9 @@
 # spread (min..max) per workload. Needs a release build:
 #   cargo build --release && benches/scripts/perf-matrix.sh [RUNS] [DURATION]
 # Each run spawns its own broker (2 shards, temporary data dir, removed after).
+# consume-always reads 2 GB past a 64 MiB read cache (from disk); consume-hot
+# gives the broker a 2 GiB read cache per shard, so it reads from memory (a
+# consumer keeping up with producers). Needs ~5 GB of free memory.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 runs="${1:-3}"
@@ -18,6 +21,7 @@ workloads=(
   "produce-always-deep|produce --fsync always --batch 1000 --producers 2 --in-flight 4"
   "produce-never-deep|produce --fsync never --batch 1000 --producers 2 --in-flight 4"
   "consume-always|consume --fsync always --prefill 2000000"
+  "consume-hot|consume --fsync always --prefill 2000000 --broker-arg=--read-cache-bytes=2147483648"
   "e2e-50k-always|e2e --fsync always --rate 50000"
   "e2e-100k-always|e2e --fsync always --rate 100000"
   "e2e-50k-never|e2e --fsync never --rate 50000"

@@ -57,6 +57,10 @@ pub struct Common {
     /// Durability of the spawned broker: always | interval:MS | never.
     #[arg(long, value_name = "POLICY", default_value = "always")]
     pub fsync: String,
+    /// One more flag for the spawned broker, passed as is; repeat for more
+    /// (e.g. `--broker-arg=--read-cache-bytes=1073741824`).
+    #[arg(long, value_name = "ARG", allow_hyphen_values = true, requires = "spawn_broker")]
+    pub broker_arg: Vec<String>,
     #[arg(long, default_value = "loadgen")]
     pub topic: String,
     /// Partitions when the topic is created (default: the broker's shard count).
@@ -124,8 +128,9 @@ pub struct ConsumeArgs {
     /// Messages to pre-fill before reading (default: --messages, else 500000).
     #[arg(long, value_name = "N")]
     pub prefill: Option<u64>,
-    /// Fetch max_bytes per partition.
-    #[arg(long, value_name = "BYTES", default_value_t = 4 * 1024 * 1024)]
+    /// Fetch max_bytes per partition (1 MiB fits the CPU caches; 4 MiB was
+    /// half as fast from the broker's memory, docs/perf.md).
+    #[arg(long, value_name = "BYTES", default_value_t = 1024 * 1024)]
     pub fetch_bytes: u32,
     /// Check every batch CRC while consuming.
     #[arg(long)]

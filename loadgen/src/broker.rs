@@ -57,7 +57,7 @@ pub struct SpawnedBroker {
 }
 
 impl SpawnedBroker {
-    pub async fn start(shards: u16, fsync: &str) -> Result<SpawnedBroker> {
+    pub async fn start(shards: u16, fsync: &str, extra: &[String]) -> Result<SpawnedBroker> {
         let binary = find_binary()?;
         let dir = tempfile::Builder::new()
             .prefix("coremq-loadgen-")
@@ -78,6 +78,7 @@ impl SpawnedBroker {
             .arg(shards.to_string())
             .arg("--fsync")
             .arg(fsync)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -29,7 +29,7 @@ impl Session {
     pub async fn connect(common: &Common) -> Result<Session> {
         let broker = if common.spawn_broker {
             let shards = common.shards.unwrap_or_else(default_shards);
-            Some(SpawnedBroker::start(shards, &common.fsync).await?)
+            Some(SpawnedBroker::start(shards, &common.fsync, &common.broker_arg).await?)
         } else {
             None
         };
