@@ -3,15 +3,44 @@
 //! shard owns the partition or hop over the mesh when another shard does.
 
 use crate::config::BrokerConfig;
-use crate::mesh::{Mesh, OffsetQuery, PartitionFetch, RequestError, ShardRequest};
+use crate::mesh::{CatalogChange, Mesh, OffsetQuery, PartitionFetch, RequestError, ShardRequest};
 use crate::metrics::{bump, ShardMetrics, ShardStatsSnapshot};
 use coremq_shard::{AppendOutcome, ShardStorage, TopicConfig};
 use coremq_wire::{shard_for, ErrorCode};
 use futures::future::{select, Either};
 use std::cell::Cell;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
+
+/// The shard that orders catalog changes (see [`ShardContext::change_catalog`]).
+pub const CATALOG_COORDINATOR: u16 = 0;
+
+/// Every topic any shard has, by name; where two shards disagree on a
+/// topic's settings (which ordered changes prevent), the lowest shard wins
+/// and the conflict is logged.
+pub fn catalog_union(catalogs: &[Vec<TopicConfig>]) -> BTreeMap<String, TopicConfig> {
+    let mut union: BTreeMap<String, TopicConfig> = BTreeMap::new();
+    for (shard, topics) in catalogs.iter().enumerate() {
+        for topic in topics {
+            match union.get(&topic.name) {
+                None => {
+                    union.insert(topic.name.clone(), topic.clone());
+                }
+                Some(kept) if kept != topic => tracing::error!(
+                    shard,
+                    topic = %topic.name,
+                    ?kept,
+                    found = ?topic,
+                    "shards disagree on a topic's settings; keeping the lowest shard's"
+                ),
+                Some(_) => {}
+            }
+        }
+    }
+    union
+}
 
 pub struct ShardContext {
     pub id: u16,
@@ -24,6 +53,8 @@ pub struct ShardContext {
     /// Each shard's own address, indexed by shard id.
     pub shard_addresses: Vec<SocketAddr>,
     pub shutting_down: Cell<bool>,
+    /// One permit: catalog changes run one at a time (used on the coordinator).
+    pub catalog_changes: glommio::sync::Semaphore,
     /// Fired once when shutdown starts, to wake accept loops and long polls.
     pub shutdown: event_listener::Event,
 }
@@ -224,32 +255,102 @@ impl ShardContext {
     /// Creates the topic on every shard (each keeps the whole catalog).
     pub async fn create_topic(&self, config: TopicConfig) -> Result<(), RequestError> {
         self.check_running()?;
-        if self.storage.topic(&config.name).is_some() {
-            return Err(RequestError::new(
-                ErrorCode::TopicAlreadyExists,
-                format!("topic '{}' already exists", config.name),
-            ));
-        }
-        self.on_every_shard(|reply| ShardRequest::CreateTopic {
-            config: config.clone(),
-            reply,
-        })
-        .await
+        self.change_catalog(CatalogChange::Create(config)).await
     }
 
     pub async fn delete_topic(&self, name: &str) -> Result<(), RequestError> {
         self.check_running()?;
-        if self.storage.topic(name).is_none() {
-            return Err(RequestError::new(
-                ErrorCode::UnknownTopic,
-                format!("unknown topic '{name}'"),
-            ));
+        self.change_catalog(CatalogChange::Delete(name.to_string()))
+            .await
+    }
+
+    /// Runs a catalog change on the coordinator (shard 0), one change at a
+    /// time, so that every shard applies creates and deletes in the same
+    /// order: two clients creating the same topic with different settings
+    /// through different shards cannot leave the shards disagreeing.
+    pub async fn change_catalog(&self, change: CatalogChange) -> Result<(), RequestError> {
+        if self.id != CATALOG_COORDINATOR {
+            return self
+                .mesh
+                .call(CATALOG_COORDINATOR, |reply| ShardRequest::ChangeCatalog {
+                    change,
+                    reply,
+                })
+                .await;
         }
-        self.on_every_shard(|reply| ShardRequest::DeleteTopic {
-            name: name.to_string(),
-            reply,
-        })
-        .await
+        let _turn = self.catalog_turn().await?;
+        match change {
+            CatalogChange::Create(config) => {
+                if self.storage.topic(&config.name).is_some() {
+                    return Err(RequestError::new(
+                        ErrorCode::TopicAlreadyExists,
+                        format!("topic '{}' already exists", config.name),
+                    ));
+                }
+                self.on_every_shard(|reply| ShardRequest::CreateTopic {
+                    config: config.clone(),
+                    reply,
+                })
+                .await
+            }
+            CatalogChange::Delete(name) => {
+                if self.storage.topic(&name).is_none() {
+                    return Err(RequestError::new(
+                        ErrorCode::UnknownTopic,
+                        format!("unknown topic '{name}'"),
+                    ));
+                }
+                self.on_every_shard(|reply| ShardRequest::DeleteTopic {
+                    name: name.clone(),
+                    reply,
+                })
+                .await
+            }
+        }
+    }
+
+    /// At start-up, on the coordinator: a broker killed in the middle of a
+    /// create or delete can leave the topic on some shards only. Every topic
+    /// that any shard has is created on the shards that lack it (the
+    /// interrupted create completes; an interrupted delete is undone, and
+    /// deleting again finishes it), so no shard's data is dropped on a guess.
+    pub async fn reconcile_catalog(&self) -> Result<(), RequestError> {
+        let _turn = self.catalog_turn().await?;
+        let mut catalogs = Vec::with_capacity(usize::from(self.shard_count()));
+        for shard in 0..self.shard_count() {
+            catalogs.push(
+                self.mesh
+                    .call(shard, |reply| ShardRequest::Topics { reply })
+                    .await?,
+            );
+        }
+        let union = catalog_union(&catalogs);
+        for (shard, topics) in (0..self.shard_count()).zip(&catalogs) {
+            for config in union.values() {
+                if topics.iter().any(|t| t.name == config.name) {
+                    continue;
+                }
+                tracing::warn!(
+                    shard,
+                    topic = %config.name,
+                    "topic missing on this shard (a create or delete was interrupted); creating it"
+                );
+                self.mesh
+                    .call(shard, |reply| ShardRequest::CreateTopic {
+                        config: config.clone(),
+                        reply,
+                    })
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn catalog_turn(&self) -> Result<glommio::sync::Permit<'_>, RequestError> {
+        self.catalog_changes
+            .acquire_permit(1)
+            .await
+            .map_err(|e| RequestError::new(ErrorCode::ShuttingDown, e.to_string()))
     }
 
     /// Runs a catalog change on every shard (this one included, through its own
@@ -378,6 +479,15 @@ impl ShardContext {
                         .await
                         .map_err(RequestError::from),
                 );
+            }
+            ShardRequest::ChangeCatalog { change, reply } => {
+                let _ = reply.send(self.change_catalog(change).await);
+            }
+            ShardRequest::Topics { reply } => {
+                let _ = reply.send(Ok(self.storage.topics()));
+            }
+            ShardRequest::ReconcileCatalog { reply } => {
+                let _ = reply.send(self.reconcile_catalog().await);
             }
             ShardRequest::Stats { reset, reply } => {
                 let _ = reply.send(self.stats_local(reset));

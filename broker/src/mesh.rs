@@ -56,6 +56,13 @@ pub enum OffsetQuery {
     Timestamp(i64),
 }
 
+/// A change to the topic catalog, which every shard keeps a copy of.
+#[derive(Clone, Debug)]
+pub enum CatalogChange {
+    Create(TopicConfig),
+    Delete(String),
+}
+
 pub enum ShardRequest {
     Append {
         topic: String,
@@ -83,6 +90,20 @@ pub enum ShardRequest {
     },
     DeleteTopic {
         name: String,
+        reply: Reply<()>,
+    },
+    /// A create or delete, sent to the coordinator (shard 0), which runs
+    /// catalog changes one at a time and applies each on every shard.
+    ChangeCatalog {
+        change: CatalogChange,
+        reply: Reply<()>,
+    },
+    /// This shard's copy of the catalog.
+    Topics {
+        reply: Reply<Vec<TopicConfig>>,
+    },
+    /// To the coordinator at start-up: make every shard's catalog agree.
+    ReconcileCatalog {
         reply: Reply<()>,
     },
     Stats {

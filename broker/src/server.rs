@@ -108,7 +108,9 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
         .map(|c| c.id)
         .collect();
     let (mesh, receivers) = Mesh::new(shards);
-    let (ready_tx, ready_rx) = mpsc::channel::<Result<u16, StartError>>();
+    let (opened_tx, opened_rx) = mpsc::channel::<Result<u16, StartError>>();
+    let (listening_tx, listening_rx) = mpsc::channel::<Result<u16, StartError>>();
+    let mut listen_signals = Vec::with_capacity(usize::from(shards));
     let mut threads = Vec::with_capacity(shards as usize);
     for (shard, receiver) in (0..shards).zip(receivers) {
         let placement = match (config.pin_cores, cores.is_empty()) {
@@ -128,12 +130,15 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
             shard,
             reason: "no own port reserved".into(),
         })?;
-        let (config, mesh, ready, shard_addresses) = (
-            config.clone(),
-            mesh.clone(),
-            ready_tx.clone(),
-            shard_addresses.clone(),
-        );
+        let (listen_tx, listen_rx) = futures::channel::oneshot::channel();
+        listen_signals.push(listen_tx);
+        let phases = StartPhases {
+            opened: opened_tx.clone(),
+            listen: listen_rx,
+            listening: listening_tx.clone(),
+        };
+        let (config, mesh, shard_addresses) =
+            (config.clone(), mesh.clone(), shard_addresses.clone());
         let thread = builder
             .spawn(move || {
                 shard_main(
@@ -146,7 +151,7 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
                         own_listener,
                         shard_addresses,
                     },
-                    ready,
+                    phases,
                 )
             })
             .map_err(|e| StartError::Executor {
@@ -155,23 +160,31 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
             })?;
         threads.push(thread);
     }
-    drop(ready_tx);
+    drop((opened_tx, listening_tx));
 
-    let mut first_error = None;
-    for _ in 0..shards {
-        match ready_rx.recv() {
-            Ok(Ok(_)) => {}
-            Ok(Err(error)) => {
-                first_error.get_or_insert(error);
-            }
-            Err(_) => {
-                first_error.get_or_insert(StartError::Shard {
-                    shard: 0,
-                    reason: "a shard thread died".into(),
-                });
-                break;
-            }
+    // Every shard has recovered its storage before any of them listens: the
+    // coordinator first makes the shards' catalogs agree (a create or delete
+    // cut short by a crash), so no client ever sees them disagree.
+    let mut first_error = wait_for_shards(&opened_rx, shards);
+    if first_error.is_none() {
+        let reconciled =
+            futures::executor::block_on(mesh.call(crate::context::CATALOG_COORDINATOR, |reply| {
+                ShardRequest::ReconcileCatalog { reply }
+            }));
+        if let Err(error) = reconciled {
+            first_error = Some(StartError::Shard {
+                shard: crate::context::CATALOG_COORDINATOR,
+                reason: format!("cannot reconcile the topic catalogs: {}", error.message),
+            });
         }
+    }
+    if first_error.is_none() {
+        for signal in listen_signals {
+            let _ = signal.send(());
+        }
+        first_error = wait_for_shards(&listening_rx, shards);
+    } else {
+        drop(listen_signals);
     }
     drop(ports.main_placeholder);
     let handle = BrokerHandle {
@@ -185,6 +198,30 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
         return Err(error);
     }
     Ok(handle)
+}
+
+/// Waits for one report per shard; returns the first failure.
+fn wait_for_shards(
+    reports: &mpsc::Receiver<Result<u16, StartError>>,
+    shards: u16,
+) -> Option<StartError> {
+    let mut first_error = None;
+    for _ in 0..shards {
+        match reports.recv() {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => {
+                first_error.get_or_insert(error);
+            }
+            Err(_) => {
+                first_error.get_or_insert(StartError::Shard {
+                    shard: 0,
+                    reason: "a shard thread died".into(),
+                });
+                break;
+            }
+        }
+    }
+    first_error
 }
 
 /// The storage settings of one shard, from the broker's.
@@ -206,35 +243,37 @@ struct ShardPorts {
     shard_addresses: Vec<SocketAddr>,
 }
 
+/// How a shard and the main thread step through start-up together.
+struct StartPhases {
+    /// The shard reports its storage opened (and that it serves the mesh).
+    opened: mpsc::Sender<Result<u16, StartError>>,
+    /// The main thread says: listen (dropped instead when start-up fails).
+    listen: futures::channel::oneshot::Receiver<()>,
+    /// The shard reports it accepts connections.
+    listening: mpsc::Sender<Result<u16, StartError>>,
+}
+
 async fn shard_main(
     shard: u16,
     config: BrokerConfig,
     mesh: Mesh,
     receiver: async_channel::Receiver<ShardRequest>,
     ports: ShardPorts,
-    ready: mpsc::Sender<Result<u16, StartError>>,
+    phases: StartPhases,
 ) {
     let ShardPorts {
         main_address,
         own_listener,
         shard_addresses,
     } = ports;
-    let fail = |reason: String| {
+    let fail = |sender: &mpsc::Sender<Result<u16, StartError>>, reason: String| {
         tracing::error!(shard, %reason, "shard failed to start");
-        let _ = ready.send(Err(StartError::Shard { shard, reason }));
+        let _ = sender.send(Err(StartError::Shard { shard, reason }));
     };
     let storage = match ShardStorage::open(storage_config(&config, shard)).await {
         Ok(storage) => storage,
-        Err(error) => return fail(format!("cannot open storage: {error}")),
+        Err(error) => return fail(&phases.opened, format!("cannot open storage: {error}")),
     };
-    let main_listener = match glommio::net::TcpListener::bind(main_address) {
-        Ok(listener) => listener,
-        Err(error) => {
-            let _ = storage.close().await;
-            return fail(format!("cannot listen on {main_address}: {error}"));
-        }
-    };
-    let own_listener = crate::ports::into_glommio(own_listener);
     let ctx = Rc::new(ShardContext {
         id: shard,
         config,
@@ -244,30 +283,51 @@ async fn shard_main(
         main_address,
         shard_addresses,
         shutting_down: Cell::new(false),
+        catalog_changes: glommio::sync::Semaphore::new(1),
         shutdown: event_listener::Event::new(),
     });
-    let accept_tasks = [main_listener, own_listener]
-        .map(|listener| glommio::spawn_local(accept_loop(ctx.clone(), listener)));
-    let maintenance = glommio::spawn_local(maintenance_loop(ctx.clone()));
-    tracing::info!(shard, address = %ctx.shard_addresses[shard as usize], "shard ready");
-    let _ = ready.send(Ok(shard));
+    // Peers (and the catalog reconciliation) can reach this shard from here on.
+    let mesh_task = glommio::spawn_local(serve_mesh(ctx.clone(), receiver));
+    let _ = phases.opened.send(Ok(shard));
 
+    let mut tasks = Vec::new();
+    if phases.listen.await.is_ok() {
+        match glommio::net::TcpListener::bind(main_address) {
+            Ok(main_listener) => {
+                let own_listener = crate::ports::into_glommio(own_listener);
+                for listener in [main_listener, own_listener] {
+                    tasks.push(glommio::spawn_local(accept_loop(ctx.clone(), listener)));
+                }
+                tasks.push(glommio::spawn_local(maintenance_loop(ctx.clone())));
+                tracing::info!(shard, address = %ctx.shard_addresses[shard as usize], "shard ready");
+                let _ = phases.listening.send(Ok(shard));
+            }
+            Err(error) => fail(
+                &phases.listening,
+                format!("cannot listen on {main_address}: {error}"),
+            ),
+        }
+    }
+    mesh_task.await;
+    for task in tasks {
+        task.await;
+    }
+}
+
+/// Serves requests from peers (and the main thread) until told to shut down.
+async fn serve_mesh(ctx: Rc<ShardContext>, receiver: async_channel::Receiver<ShardRequest>) {
     while let Ok(request) = receiver.recv().await {
         match request {
             ShardRequest::Shutdown { reply } => {
                 shutdown(&ctx).await;
                 let _ = reply.send(());
-                break;
+                return;
             }
             other => {
                 glommio::spawn_local(ctx.clone().serve_peer_request(other)).detach();
             }
         }
     }
-    for task in accept_tasks {
-        task.await;
-    }
-    maintenance.await;
 }
 
 async fn shutdown(ctx: &ShardContext) {

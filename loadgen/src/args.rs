@@ -59,7 +59,12 @@ pub struct Common {
     pub fsync: String,
     /// One more flag for the spawned broker, passed as is; repeat for more
     /// (e.g. `--broker-arg=--read-cache-bytes=1073741824`).
-    #[arg(long, value_name = "ARG", allow_hyphen_values = true, requires = "spawn_broker")]
+    #[arg(
+        long,
+        value_name = "ARG",
+        allow_hyphen_values = true,
+        requires = "spawn_broker"
+    )]
     pub broker_arg: Vec<String>,
     #[arg(long, default_value = "loadgen")]
     pub topic: String,
