@@ -6,26 +6,47 @@ use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::fetch::{ConsumerRecord, FetchOptions, FetchedPartition};
 use crate::types::OffsetSpec;
+use coremq_wire::ErrorCode;
 use futures::Stream;
 use std::collections::VecDeque;
 use std::time::Duration;
+
+/// What a record stream does when its offset is no longer in the log
+/// (retention deleted the segments it was about to read).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OffsetReset {
+    /// Jump to the partition's log start and go on (logged as a warning):
+    /// the deleted records cannot come back, and stopping would only stall.
+    #[default]
+    Earliest,
+    /// Yield the `OffsetOutOfRange` error and end the stream.
+    Fail,
+}
 
 #[derive(Clone)]
 pub struct Consumer {
     client: Client,
     options: FetchOptions,
+    reset: OffsetReset,
 }
 
 impl Consumer {
     pub fn new(client: Client) -> Consumer {
-        Consumer {
-            client,
-            options: FetchOptions::default(),
-        }
+        Consumer::with_options(client, FetchOptions::default())
     }
 
     pub fn with_options(client: Client, options: FetchOptions) -> Consumer {
-        Consumer { client, options }
+        Consumer {
+            client,
+            options,
+            reset: OffsetReset::default(),
+        }
+    }
+
+    /// What streams do when their offset falls behind the log start.
+    pub fn with_offset_reset(mut self, reset: OffsetReset) -> Consumer {
+        self.reset = reset;
+        self
     }
 
     pub fn options(&self) -> &FetchOptions {
@@ -96,6 +117,25 @@ impl StreamState {
             }
             match self.fill().await {
                 Ok(()) => self.retry_wait = Duration::from_millis(50),
+                Err(error)
+                    if error.code() == Some(ErrorCode::OffsetOutOfRange)
+                        && self.consumer.reset == OffsetReset::Earliest =>
+                {
+                    match self.reset_to_log_start().await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            self.failed = true;
+                            return Some(Err(error));
+                        }
+                        Err(reset_error) if reset_error.is_connection() => {
+                            tokio::time::sleep(self.retry_wait).await;
+                        }
+                        Err(reset_error) => {
+                            self.failed = true;
+                            return Some(Err(reset_error));
+                        }
+                    }
+                }
                 Err(error) if error.is_connection() || error.is_retriable() => {
                     tracing::warn!(%error, topic = %self.topic, partition = self.partition,
                         "fetch failed; retrying");
@@ -108,6 +148,29 @@ impl StreamState {
                 }
             }
         }
+    }
+
+    /// Moves a stream that fell behind the log start up to it; false when
+    /// the offset is not behind the start (it is past the end: a caller bug
+    /// that resetting would hide).
+    async fn reset_to_log_start(&mut self) -> Result<bool> {
+        let start = self
+            .consumer
+            .offset(&self.topic, self.partition, OffsetSpec::Earliest)
+            .await?;
+        if start <= self.offset {
+            return Ok(false);
+        }
+        tracing::warn!(
+            topic = %self.topic,
+            partition = self.partition,
+            from = self.offset,
+            to = start,
+            skipped = start - self.offset,
+            "offset behind the log start (retention deleted it); resetting to the earliest offset"
+        );
+        self.offset = start;
+        Ok(true)
     }
 
     async fn fill(&mut self) -> Result<()> {

@@ -2,7 +2,7 @@
 //! by `cargo test --workspace`); skipped, saying so, only when it does not exist.
 
 use coremq_client::{
-    Admin, Client, Consumer, ErrorCode, OffsetSpec, Producer, Record, TopicConfig,
+    Admin, Client, Consumer, ErrorCode, OffsetReset, OffsetSpec, Producer, Record, TopicConfig,
 };
 use futures::StreamExt;
 use std::io::{BufRead, BufReader};
@@ -34,8 +34,13 @@ struct Broker {
 impl Broker {
     /// Starts on port 0: the broker picks free ports itself and prints them.
     fn start(binary: &Path) -> Broker {
+        Broker::start_with(binary, &[])
+    }
+
+    /// Starts with more broker flags.
+    fn start_with(binary: &Path, extra: &[&str]) -> Broker {
         let dir = tempfile::tempdir().expect("temp dir");
-        let (child, addr) = spawn(binary, "127.0.0.1:0", dir.path());
+        let (child, addr) = spawn(binary, "127.0.0.1:0", dir.path(), extra);
         Broker {
             binary: binary.to_path_buf(),
             child,
@@ -48,7 +53,7 @@ impl Broker {
     fn restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let (child, addr) = spawn(&self.binary, &self.addr, self.dir.path());
+        let (child, addr) = spawn(&self.binary, &self.addr, self.dir.path(), &[]);
         assert_eq!(addr, self.addr);
         self.child = child;
     }
@@ -56,10 +61,11 @@ impl Broker {
 
 /// Starts the broker and returns it with the main address from its ready
 /// line: `coremq listening on ADDR shards=N shard_ports=a,b`.
-fn spawn(binary: &Path, listen: &str, dir: &Path) -> (Child, String) {
+fn spawn(binary: &Path, listen: &str, dir: &Path, extra: &[&str]) -> (Child, String) {
     let mut child = Command::new(binary)
         .args(["--shards", "2", "--listen", listen, "--data-dir"])
         .arg(dir)
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -230,4 +236,62 @@ async fn client_reconnects_after_the_broker_restarts() {
         ack.base_offset > first.base_offset,
         "acked data survives a restart"
     );
+}
+
+/// Retention deletes the segments a slow consumer was about to read: by
+/// default its stream jumps to the new log start and goes on; with
+/// `OffsetReset::Fail` it yields `OffsetOutOfRange`.
+#[tokio::test]
+async fn stream_behind_retention_resets_to_the_log_start() {
+    let Some(binary) = broker_binary() else {
+        return;
+    };
+    let broker = Broker::start_with(
+        &binary,
+        &["--segment-bytes", "2097152", "--max-batch-bytes", "262144"],
+    );
+    let client = Client::connect(broker.addr.as_str()).await.unwrap();
+    let mut config = TopicConfig::new(1);
+    config.retention_bytes = Some(2 << 20);
+    Admin::new(client.clone())
+        .create_topic("short", &config)
+        .await
+        .unwrap();
+    let producer = Producer::builder(client.clone())
+        .batch_bytes(128 * 1024)
+        .build();
+    let value = vec![7u8; 1000];
+    let sends = (0..12_000).map(|_| producer.send(Record::new("short", &value).partition(0)));
+    for ack in futures::future::join_all(sends).await {
+        ack.unwrap();
+    }
+    // Maintenance (every 100 ms) deletes whole old segments.
+    let consumer = Consumer::new(client.clone());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let start = loop {
+        let start = consumer
+            .offset("short", 0, OffsetSpec::Earliest)
+            .await
+            .unwrap();
+        if start > 0 {
+            break start;
+        }
+        assert!(Instant::now() < deadline, "retention deleted nothing");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    let first = Box::pin(consumer.stream("short", 0, 0))
+        .next()
+        .await
+        .expect("a record")
+        .expect("no error: the stream resets");
+    assert!(first.offset >= start, "{} < {start}", first.offset);
+
+    let failing = Consumer::new(client).with_offset_reset(OffsetReset::Fail);
+    let error = Box::pin(failing.stream("short", 0, 0))
+        .next()
+        .await
+        .expect("an item")
+        .unwrap_err();
+    assert_eq!(error.code(), Some(ErrorCode::OffsetOutOfRange), "{error}");
 }
