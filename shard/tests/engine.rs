@@ -195,6 +195,50 @@ fn ownership_follows_shard_for() {
     });
 }
 
+/// Appenders with one append outstanding each, woken together by a flush,
+/// all go into the next flush: its leader lets them copy first. (Before, the
+/// first woken appender flushed alone and the others waited for the flush
+/// after it, so flushes alternated between 1 batch and all the rest.)
+#[test]
+fn woken_appenders_share_the_next_flush() {
+    const APPENDERS: u32 = 64;
+    const ROUNDS: u32 = 10;
+    let disk = MemDisk::new(6);
+    disk.set_faults(Faults {
+        yield_first: 1.0,
+        ..Faults::default()
+    });
+    let clock = ManualClock::new(0);
+    let mut pool = LocalPool::new();
+    let engine = Rc::new(pool.run_until(open(&disk, &clock, 4 << 20)));
+    pool.run_until(engine.create_topic(topic("t", 1, Durability::Always)))
+        .unwrap();
+    let syncs_before = disk.stats().syncs;
+    for i in 0..APPENDERS {
+        let engine = engine.clone();
+        pool.spawner()
+            .spawn_local(async move {
+                for _ in 0..ROUNDS {
+                    engine
+                        .append("t", 0, &batch(1, 64, 0, i as u8))
+                        .await
+                        .unwrap();
+                }
+            })
+            .unwrap();
+    }
+    pool.run();
+    let syncs = disk.stats().syncs - syncs_before;
+    assert_eq!(
+        engine.high_watermark("t", 0).unwrap(),
+        u64::from(APPENDERS * ROUNDS)
+    );
+    assert!(
+        syncs <= u64::from(ROUNDS) + 2,
+        "{ROUNDS} rounds of {APPENDERS} appenders took {syncs} fsyncs (one per round expected)"
+    );
+}
+
 #[test]
 fn concurrent_appends_share_fsyncs() {
     let disk = MemDisk::new(5);

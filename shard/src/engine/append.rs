@@ -186,6 +186,13 @@ impl<D: Disk, C: Clock> Engine<D, C> {
             }
             match self.flush_gate.try_enter() {
                 Some(permit) => {
+                    // Let every task that is already runnable (appenders
+                    // woken by the last flush, requests read in the same
+                    // socket read) copy its batch first, so this flush
+                    // carries them all. Without it the new leader flushed
+                    // alone and the rest waited for the flush after: flushes
+                    // alternated between 1 batch and all the others.
+                    futures_lite::future::yield_now().await;
                     // A flush can fail on someone else's part (a sync an
                     // `always` append needed) after this append's own write
                     // succeeded: judge by our own data.
