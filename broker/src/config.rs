@@ -72,6 +72,12 @@ pub struct Args {
     /// Do not pin shards to cores (for hosts where pinning is not allowed).
     #[arg(long)]
     pub no_pin: bool,
+
+    /// Delete segments retention releases instead of reusing their files as
+    /// new segments (reuse is the default: appends into written blocks are
+    /// cheaper than into fresh pre-allocated ones, docs/perf.md).
+    #[arg(long)]
+    pub no_recycle_segments: bool,
 }
 
 /// Settings as the TOML file spells them.
@@ -90,6 +96,7 @@ struct FileSettings {
     read_cache_bytes: Option<usize>,
     spin_before_park_us: Option<u64>,
     no_pin: Option<bool>,
+    no_recycle_segments: Option<bool>,
 }
 
 /// The resolved configuration, copied to every shard at start-up.
@@ -107,6 +114,7 @@ pub struct BrokerConfig {
     pub read_cache_bytes: usize,
     pub spin_before_park: Option<Duration>,
     pub pin_cores: bool,
+    pub recycle_segments: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -206,6 +214,8 @@ impl BrokerConfig {
                 .unwrap_or(64 << 20),
             spin_before_park: (spin > 0).then(|| Duration::from_micros(spin)),
             pin_cores: !(args.no_pin || file.no_pin.unwrap_or(false)),
+            recycle_segments: !(args.no_recycle_segments
+                || file.no_recycle_segments.unwrap_or(false)),
         })
     }
 }

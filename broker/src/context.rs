@@ -418,6 +418,7 @@ impl ShardContext {
                 ("disk_reads".into(), storage.disk_reads.get()),
                 ("disk_read_bytes".into(), storage.disk_read_bytes.get()),
                 ("read_ahead_hits".into(), storage.read_ahead_hits.get()),
+                ("segments_recycled".into(), storage.segments_recycled.get()),
             ],
         };
         if reset {

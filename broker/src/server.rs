@@ -232,6 +232,7 @@ fn storage_config(config: &BrokerConfig, shard: u16) -> StorageConfig {
     storage.read_cache_bytes = config.read_cache_bytes;
     storage.max_batch_bytes = config.max_batch_bytes;
     storage.default_durability = config.default_durability;
+    storage.recycle_segments = config.recycle_segments;
     storage
 }
 

@@ -71,6 +71,9 @@ pub struct Common {
     /// Partitions when the topic is created (default: the broker's shard count).
     #[arg(long, value_name = "N")]
     pub partitions: Option<u32>,
+    /// Size retention per partition for the topic, when this run creates it.
+    #[arg(long, value_name = "BYTES")]
+    pub retention_bytes: Option<i64>,
     /// Payload bytes per message.
     #[arg(long, value_name = "BYTES", default_value_t = 1024)]
     pub msg_size: usize,

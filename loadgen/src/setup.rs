@@ -60,7 +60,11 @@ impl Session {
         let partitions = common.partitions.unwrap_or(u32::from(self.shards)).max(1);
         let created = self
             .admin
-            .ensure_topic(&common.topic, &TopicConfig::new(partitions))
+            .ensure_topic(&common.topic, &{
+                let mut topic = TopicConfig::new(partitions);
+                topic.retention_bytes = common.retention_bytes;
+                topic
+            })
             .await
             .with_context(|| format!("creating topic {:?}", common.topic))?;
         let actual = self

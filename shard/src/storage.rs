@@ -75,6 +75,8 @@ pub struct StorageMetrics {
     pub disk_read_bytes: std::cell::Cell<u64>,
     /// Disk runs served from a read-ahead.
     pub read_ahead_hits: std::cell::Cell<u64>,
+    /// Segments created by reusing a file retention released.
+    pub segments_recycled: std::cell::Cell<u64>,
 }
 
 impl StorageMetrics {
@@ -102,6 +104,7 @@ impl StorageMetrics {
             disk_reads: Default::default(),
             disk_read_bytes: Default::default(),
             read_ahead_hits: Default::default(),
+            segments_recycled: Default::default(),
         }
     }
 }

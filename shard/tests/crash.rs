@@ -41,6 +41,11 @@ thread_local! {
     static COUNTS: std::cell::Cell<(u64, u64, u64)> = const { std::cell::Cell::new((0, 0, 0)) };
 }
 
+thread_local! {
+    /// Segments created from a released file (retention, then reuse).
+    static RECYCLED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
 fn count(acked: u64, failed: u64, trimmed: u64) {
     COUNTS.with(|c| {
         let (a, f, t) = c.get();
@@ -150,6 +155,7 @@ fn workload(
             .unwrap();
     }
     pool.run();
+    RECYCLED.with(|r| r.set(r.get() + engine.metrics().segments_recycled.get()));
     drop(engine);
     disk.set_faults(Faults::default());
     disk.crash();
@@ -267,8 +273,10 @@ fn crash_recovery_keeps_every_acknowledged_append() {
     eprintln!(
         "{acked} appends acknowledged, {failed} failed, {trimmed} partition checks after retention"
     );
+    let recycled = RECYCLED.with(|r| r.get());
+    eprintln!("{recycled} segments reused from released files");
     assert!(
-        acked > 0 && failed > 0 && trimmed > 0,
-        "the faults and retention paths must be reached"
+        acked > 0 && failed > 0 && trimmed > 0 && recycled > 0,
+        "the faults, retention and segment-reuse paths must be reached"
     );
 }

@@ -10,6 +10,15 @@ pub fn segment_file_name(base: u64) -> String {
     format!("{base:020}{SEGMENT_SUFFIX}")
 }
 
+/// A segment retention released, kept for reuse (see
+/// `StorageConfig::recycle_segments`): `<old base>.spare`. Recovery deletes
+/// these; only the running engine reuses them.
+pub const SPARE_SUFFIX: &str = ".spare";
+
+pub fn spare_file_name(old_base: u64) -> String {
+    format!("{old_base:020}{SPARE_SUFFIX}")
+}
+
 pub fn parse_segment_file_name(name: &str) -> Option<u64> {
     let digits = name.strip_suffix(SEGMENT_SUFFIX)?;
     if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {

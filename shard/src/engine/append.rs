@@ -7,7 +7,7 @@ use crate::clock::Clock;
 use crate::codec::align_up;
 use crate::commitlog::entry::{EntryKind, ENTRY_HEADER_LEN};
 use crate::commitlog::segments::{segment_file_name, Segment};
-use crate::disk::{Disk, DiskFile};
+use crate::disk::{close_shared, Disk, DiskFile};
 use crate::engine::io_error;
 use crate::storage::StorageError;
 use crate::{AppendOutcome, Durability};
@@ -282,6 +282,56 @@ impl<D: Disk, C: Clock> Engine<D, C> {
         Ok(())
     }
 
+    fn take_spare(&self, size: u64) -> Result<Option<Segment<D::File>>, StorageError> {
+        let mut state = self.state()?;
+        let found = state.spares.iter().position(|s| s.size == size);
+        Ok(found.map(|i| state.spares.swap_remove(i)))
+    }
+
+    /// Renames a spare (a released segment, see `StorageConfig::recycle_segments`)
+    /// to be the segment at `base`. Its old entries stay in it until
+    /// overwritten; none chains to the live log, so neither recovery nor a
+    /// read (which goes through the index) ever takes one.
+    async fn reuse_spare(
+        &self,
+        spare: Segment<D::File>,
+        base: u64,
+        path: &std::path::Path,
+    ) -> Result<Segment<D::File>, StorageError> {
+        let shown = path.display().to_string();
+        let named = async {
+            spare
+                .file
+                .rename(path)
+                .await
+                .map_err(|e| io_error("renaming a spare segment to", &shown, e))?;
+            self.disk
+                .sync_dir(&self.log_dir)
+                .await
+                .map_err(|e| io_error("syncing directory of", &shown, e))
+        };
+        if let Err(error) = named.await {
+            if let Err(e) = spare.file.remove().await {
+                tracing::warn!(path = %shown, error = %e, "could not remove a spare segment");
+            }
+            let _ = close_shared(spare.file).await;
+            return Err(error);
+        }
+        let m = &self.metrics;
+        m.segments_recycled.set(m.segments_recycled.get() + 1);
+        tracing::debug!(
+            shard = self.config.shard.0,
+            base,
+            old_base = spare.base,
+            "reusing a released segment"
+        );
+        Ok(Segment {
+            base,
+            size: spare.size,
+            file: spare.file,
+        })
+    }
+
     /// Creates, pre-allocates and durably names a segment file.
     pub(crate) async fn create_segment(
         &self,
@@ -290,6 +340,9 @@ impl<D: Disk, C: Clock> Engine<D, C> {
     ) -> Result<Segment<D::File>, StorageError> {
         let path = self.log_dir.join(segment_file_name(base));
         let shown = path.display().to_string();
+        if let Some(spare) = self.take_spare(size)? {
+            return self.reuse_spare(spare, base, &path).await;
+        }
         let file = self
             .disk
             .create(&path)

@@ -4,7 +4,7 @@
 
 use super::{Engine, State};
 use crate::clock::Clock;
-use crate::commitlog::segments::Segment;
+use crate::commitlog::segments::{spare_file_name, Segment};
 use crate::disk::{close_shared, Disk, DiskFile, IoBuffer};
 use crate::engine::io_error;
 use crate::index::checkpoint::{CheckpointEncoder, CHECKPOINT_FILE, CHECKPOINT_TMP_FILE};
@@ -13,6 +13,10 @@ use crate::index::IndexEntry;
 use crate::retention::{retention_cut, PartitionView};
 use crate::storage::StorageError;
 use std::rc::Rc;
+
+/// Released segment files kept for reuse, at most (each is a whole segment
+/// of disk space retention would otherwise have given back).
+const MAX_SPARES: usize = 2;
 
 impl<D: Disk, C: Clock> Engine<D, C> {
     /// fdatasync for `interval` topics that are due, retention, next segment,
@@ -204,6 +208,10 @@ impl<D: Disk, C: Clock> Engine<D, C> {
 
     async fn delete_segments(&self, segments: Vec<Segment<D::File>>) -> Result<(), StorageError> {
         for segment in segments {
+            if self.wants_spare(&segment)? {
+                self.keep_as_spare(segment).await?;
+                continue;
+            }
             let path = self.segment_path(segment.base);
             segment
                 .file
@@ -226,6 +234,34 @@ impl<D: Disk, C: Clock> Engine<D, C> {
                 .await
                 .map_err(|e| io_error("syncing directory", &shown, e))?;
         }
+        Ok(())
+    }
+
+    /// Whether a segment retention released should be kept for reuse.
+    fn wants_spare(&self, segment: &Segment<D::File>) -> Result<bool, StorageError> {
+        Ok(self.config.recycle_segments
+            && segment.size == self.config.segment_bytes
+            && self.state()?.spares.len() < MAX_SPARES)
+    }
+
+    /// Renames a released segment to `<base>.spare` and drops its index
+    /// file; `create_segment` renames it to its new name when needed. (The
+    /// directory sync after the loop in `delete_segments` makes it durable;
+    /// a crash leaves either name, and recovery deletes both kinds.)
+    async fn keep_as_spare(&self, segment: Segment<D::File>) -> Result<(), StorageError> {
+        let path = self.segment_path(segment.base);
+        let spare = self.log_dir.join(spare_file_name(segment.base));
+        segment
+            .file
+            .rename(&spare)
+            .await
+            .map_err(|e| io_error("renaming", &path, e))?;
+        remove_if_present(
+            &self.disk,
+            &self.index_dir.join(segment_index_file_name(segment.base)),
+        )
+        .await?;
+        self.state()?.spares.push(segment);
         Ok(())
     }
 
@@ -253,6 +289,7 @@ impl<D: Disk, C: Clock> Engine<D, C> {
             dirty_files,
             prepared,
             doomed,
+            spares,
             ..
         } = state;
         drop((writer, cache, dirty_files));
@@ -261,6 +298,7 @@ impl<D: Disk, C: Clock> Engine<D, C> {
             .cloned()
             .chain(prepared)
             .chain(doomed)
+            .chain(spares)
             .collect::<Vec<_>>();
         drop(segments);
         for segment in files {

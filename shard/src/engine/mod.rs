@@ -14,7 +14,7 @@
 mod append;
 mod flush;
 mod gate;
-mod maintenance;
+pub(crate) mod maintenance;
 mod read;
 
 pub(crate) use append::write_snapshot;
@@ -146,8 +146,12 @@ pub(crate) struct State<F: DiskFile> {
     pub checkpointed_position: u64,
     /// A segment created ahead of the writer by maintenance.
     pub prepared: Option<crate::commitlog::segments::Segment<F>>,
-    /// Segments retention dropped, deleted after the next checkpoint.
+    /// Segments retention dropped, deleted (or kept as spares) after the
+    /// next checkpoint.
     pub doomed: Vec<crate::commitlog::segments::Segment<F>>,
+    /// Released segment files (named `*.spare`) waiting to become new
+    /// segments; `base` is their old base.
+    pub spares: Vec<crate::commitlog::segments::Segment<F>>,
     /// Sealed segments below this position have their `.idx` file.
     pub indexed_below: u64,
 }

@@ -10,6 +10,7 @@
 //!    must continue their partition's offsets. The first entry that fails is
 //!    the end of the log (a torn tail); at a segment's end the scan goes on
 //!    only if the next segment's first entry chains.
+//!    (Spare segments, `*.spare`, are deleted: see `StorageConfig::recycle_segments`.)
 //! 4. Delete segments after the end; read the partial last block back into
 //!    the writer; fdatasync what was scanned so recovered data is durable.
 
@@ -22,7 +23,9 @@ use crate::commitlog::cache::ReadCache;
 use crate::commitlog::entry::{
     batch_header, EntryHeader, EntryKind, CHAIN_START, ENTRY_HEADER_LEN,
 };
-use crate::commitlog::segments::{parse_segment_file_name, segment_file_name, Segment, Segments};
+use crate::commitlog::segments::{
+    parse_segment_file_name, segment_file_name, Segment, Segments, SPARE_SUFFIX,
+};
 use crate::commitlog::writer::Writer;
 use crate::disk::{close_shared, Disk, DiskFile};
 use crate::engine::{add_topic, io_error, remove_topic, PartitionState, State};
@@ -335,6 +338,7 @@ pub(crate) async fn recover<D: Disk, C: Clock>(
         checkpointed_position,
         prepared: None,
         doomed: Vec::new(),
+        spares: Vec::new(),
         indexed_below: indexed_below.min(tail_base),
     };
     if fresh {
@@ -442,6 +446,11 @@ async fn open_segments<D: Disk>(
         .list_dir(log_dir)
         .await
         .map_err(|e| io_error("listing", &shown, e))?;
+    // Spare segments (released by retention, kept for reuse) belong to the
+    // engine that kept them; a restarted one starts without.
+    for name in names.iter().filter(|n| n.ends_with(SPARE_SUFFIX)) {
+        crate::engine::maintenance::remove_if_present(disk, &log_dir.join(name)).await?;
+    }
     let mut bases: Vec<u64> = names
         .iter()
         .filter_map(|n| parse_segment_file_name(n))
