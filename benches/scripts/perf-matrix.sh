@@ -7,6 +7,9 @@
 # consume-always reads 2 GB past a 64 MiB read cache (from disk); consume-hot
 # gives the broker a 2 GiB read cache per shard, so it reads from memory (a
 # consumer keeping up with producers). Needs ~5 GB of free memory.
+# *-steady: a broker in steady state, where retention releases segments and
+# they are reused (small segments and size retention so that it starts within
+# a second or two of the run): what a long-running broker sees.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 runs="${1:-3}"
@@ -22,6 +25,8 @@ workloads=(
   "produce-never-deep|produce --fsync never --batch 1000 --producers 2 --in-flight 4"
   "consume-always|consume --fsync always --prefill 2000000"
   "consume-hot|consume --fsync always --prefill 2000000 --broker-arg=--read-cache-bytes=2147483648"
+  "produce-always-steady|produce --fsync always --batch 1000 --producers 2 --in-flight 4 --retention-bytes 268435456 --broker-arg=--segment-bytes=268435456"
+  "e2e-100k-always-steady|e2e --fsync always --rate 100000 --retention-bytes 67108864 --broker-arg=--segment-bytes=67108864"
   "e2e-50k-always|e2e --fsync always --rate 50000"
   "e2e-100k-always|e2e --fsync always --rate 100000"
   "e2e-50k-never|e2e --fsync never --rate 50000"
