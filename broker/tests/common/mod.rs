@@ -246,6 +246,17 @@ impl Conn {
         partitions: u32,
         durability: Option<&str>,
     ) -> ErrorCode {
+        self.create_topic_with(name, partitions, durability, None)
+    }
+
+    /// `create_topic` with size retention per partition.
+    pub fn create_topic_with(
+        &mut self,
+        name: &str,
+        partitions: u32,
+        durability: Option<&str>,
+        retention_bytes: Option<i64>,
+    ) -> ErrorCode {
         let mut b = FlatBufferBuilder::new();
         let n = b.create_string(name);
         let d = durability.map(|d| b.create_string(d));
@@ -255,6 +266,7 @@ impl Conn {
                 name: Some(n),
                 partitions,
                 durability: d,
+                retention_bytes: retention_bytes.unwrap_or(-1),
                 ..Default::default()
             },
         );
@@ -323,6 +335,53 @@ impl Conn {
                 .map(|v| v.bytes().to_vec())
                 .unwrap_or_default(),
         )
+    }
+
+    /// The partition's first offset (retention moves it).
+    pub fn log_start_offset(&mut self, topic: &str, partition: u32) -> u64 {
+        let mut b = FlatBufferBuilder::new();
+        let t = b.create_string(topic);
+        let entry = fb::ListOffsetsPartition::create(
+            &mut b,
+            &fb::ListOffsetsPartitionArgs {
+                topic: Some(t),
+                partition,
+                spec: fb::OffsetSpec::Earliest,
+                timestamp_ms: 0,
+            },
+        );
+        let partitions = b.create_vector(&[entry]);
+        let root = fb::ListOffsetsRequest::create(
+            &mut b,
+            &fb::ListOffsetsRequestArgs {
+                partitions: Some(partitions),
+            },
+        );
+        b.finish(root, None);
+        let frame = self.call(Kind::ListOffsets, b.finished_data());
+        let r = parse::<fb::ListOffsetsResponse>(&frame.body, &verifier_options(1 << 26))
+            .expect("list offsets response");
+        let first = r.results().expect("results").get(0);
+        assert_eq!(first.error(), 0, "{:?}", first.error_message());
+        first.offset()
+    }
+
+    /// A stats counter, summed over every shard.
+    pub fn counter(&mut self, name: &str) -> u64 {
+        let mut b = FlatBufferBuilder::new();
+        let root = fb::StatsRequest::create(&mut b, &fb::StatsRequestArgs { reset: false });
+        b.finish(root, None);
+        let frame = self.call(Kind::Stats, b.finished_data());
+        let stats = parse::<fb::StatsResponse>(&frame.body, &verifier_options(1 << 26))
+            .expect("stats response");
+        stats
+            .shards()
+            .expect("shards")
+            .iter()
+            .flat_map(|s| s.counters().expect("counters"))
+            .filter(|c| c.name() == Some(name))
+            .map(|c| c.value())
+            .sum()
     }
 
     /// Every record value from `offset` to the high watermark.
