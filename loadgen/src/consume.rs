@@ -7,7 +7,7 @@ use crate::produce::{base_report, fill_report, produce_load, ProduceSpec};
 use crate::report::{new_histogram, Report};
 use crate::setup::Session;
 use anyhow::{Context, Result};
-use coremq_client::{Client, FetchOptions, OffsetSpec};
+use coremq_client::{Client, FetchOptions, OffsetSpec, PendingFetch};
 use hdrhistogram::Histogram;
 use serde_json::json;
 use std::process::ExitCode;
@@ -210,9 +210,19 @@ async fn read_partition(
         errors: Vec::new(),
     };
     let mut offset = from;
+    // The next fetch is queued as soon as one answers (its offset read from
+    // the batch headers alone), before this side decodes and checks the
+    // records: the broker reads ahead and answers while we work.
+    let mut pending: Option<(Instant, PendingFetch)> = None;
     while offset < to && Instant::now() < deadline {
-        let sent = Instant::now();
-        let fetched = match client.fetch(topic, partition, offset, options).await {
+        let (sent, fetched) = match pending.take() {
+            Some((sent, fetch)) => (sent, fetch.wait().await),
+            None => {
+                let sent = Instant::now();
+                (sent, client.fetch(topic, partition, offset, options).await)
+            }
+        };
+        let fetched = match fetched {
             Ok(fetched) => fetched,
             Err(error) => {
                 outcome
@@ -225,6 +235,15 @@ async fn read_partition(
             .histogram
             .record((sent.elapsed().as_micros() as u64).max(1));
         outcome.fetches += 1;
+        if let Ok(headers) = fetched.summarize(false) {
+            let next = headers.next_offset;
+            if next > offset && next < to && Instant::now() < deadline {
+                let sent = Instant::now();
+                if let Ok(fetch) = client.start_fetch(topic, partition, next, options).await {
+                    pending = Some((sent, fetch));
+                }
+            }
+        }
         match fetched.summarize(verify_crc) {
             Ok(summary) => {
                 let counted = summary.next_offset.min(to) - offset;
