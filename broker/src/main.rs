@@ -17,7 +17,8 @@ fn main() -> anyhow::Result<()> {
     let config = BrokerConfig::from_args(Args::parse()).context("invalid configuration")?;
     tracing::info!(?config, "starting coremq");
     let handle = coremq_broker::server::start(config.clone()).context("cannot start the broker")?;
-    // One machine-readable line on stdout once every shard listens: tools wait for it.
+    // One machine-readable line on stdout once every shard listens: tools wait
+    // for it (`coremq_client::ReadyLine` parses it).
     let ports: Vec<String> = handle
         .shard_addresses
         .iter()

@@ -7,6 +7,7 @@
 //!   `max_in_flight_bytes`), key → partition hashing, per-record acks.
 //! - [`Consumer`]: a `Stream` of records from an offset, with long polling.
 //! - [`Admin`]: topics, offsets, per-shard statistics.
+//! - [`ReadyLine`]: the broker's "listening" line, for tools that start one.
 //!
 //! Each connection runs a writer task and a reader task on the caller's
 //! runtime; requests are matched to responses by correlation id, so any
@@ -22,6 +23,7 @@ mod consumer;
 mod error;
 mod fetch;
 mod producer;
+mod ready_line;
 mod types;
 
 pub use admin::Admin;
@@ -31,6 +33,7 @@ pub use consumer::{Consumer, OffsetReset};
 pub use error::{Error, Result};
 pub use fetch::{BatchSummary, ConsumerRecord, FetchOptions, FetchedPartition};
 pub use producer::{Producer, ProducerBuilder, ProducerConfig, Record};
+pub use ready_line::ReadyLine;
 pub use types::{
     HistogramStats, Metadata, OffsetSpec, ProduceAck, ShardInfo, ShardStats, TopicConfig, TopicInfo,
 };

@@ -75,10 +75,9 @@ fn spawn(binary: &Path, listen: &str, dir: &Path, extra: &[&str]) -> (Child, Str
     BufReader::new(stdout)
         .read_line(&mut line)
         .expect("read the ready line");
-    let addr = line
-        .strip_prefix("coremq listening on ")
-        .and_then(|rest| rest.split_whitespace().next())
+    let addr = coremq_client::ReadyLine::parse(&line)
         .unwrap_or_else(|| panic!("unexpected broker output: {line:?}"))
+        .main_address
         .to_string();
     (child, addr)
 }

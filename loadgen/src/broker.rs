@@ -2,7 +2,7 @@
 //! until it answers metadata, SIGTERM (then kill) when dropped.
 
 use anyhow::{bail, Context, Result};
-use coremq_client::{Client, ClientConfig};
+use coremq_client::{Client, ClientConfig, ReadyLine};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -187,9 +187,8 @@ impl Drop for SpawnedBroker {
 fn listening_address(log: &Path) -> Option<String> {
     let text = std::fs::read_to_string(log).ok()?;
     text.lines()
-        .find_map(|line| line.strip_prefix("coremq listening on "))
-        .and_then(|rest| rest.split_whitespace().next())
-        .map(str::to_string)
+        .find_map(ReadyLine::parse)
+        .map(|ready| ready.main_address.to_string())
 }
 
 /// The part of a failed broker's log that explains the failure: from the

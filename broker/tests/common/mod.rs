@@ -82,18 +82,11 @@ impl Broker {
         BufReader::new(stdout)
             .read_line(&mut line)
             .expect("read ready line");
-        // "coremq listening on 127.0.0.1:PORT shards=N shard_ports=a,b"
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        assert!(
-            fields.len() >= 6 && fields[1] == "listening",
-            "unexpected broker output: {line:?}"
-        );
-        let main_address: SocketAddr = fields[3].parse().expect("address");
-        let shard_ports = fields[5]
-            .trim_start_matches("shard_ports=")
-            .split(',')
-            .map(|p| p.parse().expect("port"))
-            .collect();
+        let coremq_client::ReadyLine {
+            main_address,
+            shard_ports,
+        } = coremq_client::ReadyLine::parse(&line)
+            .unwrap_or_else(|| panic!("unexpected broker output: {line:?}"));
         Broker {
             child: Some(child),
             data_dir: dir.to_path_buf(),
