@@ -14,7 +14,7 @@
 mod append;
 mod flush;
 mod gate;
-pub(crate) mod maintenance;
+mod maintenance;
 mod read;
 
 pub(crate) use append::write_snapshot;

@@ -449,7 +449,7 @@ async fn open_segments<D: Disk>(
     // Spare segments (released by retention, kept for reuse) belong to the
     // engine that kept them; a restarted one starts without.
     for name in names.iter().filter(|n| n.ends_with(SPARE_SUFFIX)) {
-        crate::engine::maintenance::remove_if_present(disk, &log_dir.join(name)).await?;
+        crate::engine::remove_if_present(disk, &log_dir.join(name)).await?;
     }
     let mut bases: Vec<u64> = names
         .iter()
