@@ -23,11 +23,8 @@ pub enum StartError {
         path: String,
         source: std::io::Error,
     },
-    #[error("cannot reserve {address}: {source}")]
-    Port {
-        address: SocketAddr,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Port(#[from] crate::ports::PortError),
     #[error("shard {shard} failed to start: {reason}")]
     Shard { shard: u16, reason: String },
     #[error("cannot start executor for shard {shard}: {reason}")]
@@ -96,10 +93,7 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
 
     // Resolve every port first: the main placeholder keeps the main port ours
     // until the shards bind it; the own ports are already listening.
-    let ports = crate::ports::reserve(config.listen, shards).map_err(|e| StartError::Port {
-        address: e.address,
-        source: e.source,
-    })?;
+    let ports = crate::ports::reserve(config.listen, shards)?;
     let (main_address, shard_addresses) = (ports.main_address, ports.shard_addresses.clone());
     let mut own_listeners = ports.own_listeners.into_iter();
     let cores: Vec<usize> = core_affinity::get_core_ids()
