@@ -8,7 +8,6 @@ use common::{batch, stored, topic};
 use coremq_shard::{Durability, ShardId, ShardStorage, StorageConfig};
 use glommio::LocalExecutorBuilder;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
 use std::time::Duration;
 
 /// A fresh directory under the target dir (ext4 here), checked not to be tmpfs.
@@ -195,10 +194,7 @@ fn retention_by_size_deletes_old_segments() {
     let dir = test_dir("retention");
     let d = dir.clone();
     in_executor(move || async move {
-        let storage = ShardStorage::open(config(&d, 128 << 10)).await.unwrap();
-        let mut t = topic("t", 1, Durability::Always);
-        t.retention_bytes = Some(200 << 10);
-        storage.create_topic(t).await.unwrap();
+        let storage = open_with_size_retention(&d).await;
         let b = batch(4, 1000, 0, 7);
         for _ in 0..400 {
             storage.append("t", 0, &b).await.unwrap();
@@ -242,10 +238,7 @@ fn released_segments_are_reused_on_ext4() {
     let dir = test_dir("recycle");
     let d = dir.clone();
     in_executor(move || async move {
-        let storage = ShardStorage::open(config(&d, 128 << 10)).await.unwrap();
-        let mut t = topic("t", 1, Durability::Always);
-        t.retention_bytes = Some(200 << 10);
-        storage.create_topic(t).await.unwrap();
+        let storage = open_with_size_retention(&d).await;
         let mut appended = Vec::new();
         for i in 0..800u32 {
             let b = batch(2, 1000, 0, i as u8);
@@ -257,32 +250,43 @@ fn released_segments_are_reused_on_ext4() {
         }
         let recycled = storage.metrics().segments_recycled.get();
         assert!(recycled >= 3, "only {recycled} segments reused");
-        let check = |storage: Rc<ShardStorage>, appended: Rc<Vec<Vec<u8>>>| async move {
-            let start = storage.log_start_offset("t", 0).unwrap();
-            assert!(start > 0);
-            assert_eq!(storage.high_watermark("t", 0).unwrap(), 1600);
-            let kept = storage.read("t", 0, start, u32::MAX).await.unwrap();
-            let first = appended
-                .iter()
-                .position(|b| {
-                    coremq_wire::batch::BatchHeader::parse(b)
-                        .unwrap()
-                        .base_offset
-                        == start
-                })
-                .expect("the log start is a batch boundary");
-            assert!(
-                kept.batches == appended[first..].concat(),
-                "read back differs"
-            );
-        };
-        let appended = Rc::new(appended);
-        let storage = Rc::new(storage);
-        check(storage.clone(), appended.clone()).await;
+        check_reads_back(&storage, &appended).await;
         storage.close().await.unwrap();
-        let storage = Rc::new(ShardStorage::open(config(&d, 128 << 10)).await.unwrap());
-        check(storage.clone(), appended).await;
+        let storage = ShardStorage::open(config(&d, 128 << 10)).await.unwrap();
+        check_reads_back(&storage, &appended).await;
         storage.close().await.unwrap();
     });
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// 128 KiB segments and a topic `t` (one partition, `always`) keeping about
+/// 200 KiB: retention releases segments quickly.
+async fn open_with_size_retention(dir: &Path) -> ShardStorage {
+    let storage = ShardStorage::open(config(dir, 128 << 10)).await.unwrap();
+    let mut t = topic("t", 1, Durability::Always);
+    t.retention_bytes = Some(200 << 10);
+    storage.create_topic(t).await.unwrap();
+    storage
+}
+
+/// Everything from `t`'s log start to its end (1600 records) reads back as
+/// it was appended.
+async fn check_reads_back(storage: &ShardStorage, appended: &[Vec<u8>]) {
+    let start = storage.log_start_offset("t", 0).unwrap();
+    assert!(start > 0);
+    assert_eq!(storage.high_watermark("t", 0).unwrap(), 1600);
+    let kept = storage.read("t", 0, start, u32::MAX).await.unwrap();
+    let first = appended
+        .iter()
+        .position(|b| {
+            coremq_wire::batch::BatchHeader::parse(b)
+                .unwrap()
+                .base_offset
+                == start
+        })
+        .expect("the log start is a batch boundary");
+    assert!(
+        kept.batches == appended[first..].concat(),
+        "read back differs"
+    );
 }
