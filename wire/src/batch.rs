@@ -282,17 +282,7 @@ pub struct BatchBuilder {
 
 impl BatchBuilder {
     pub fn with_capacity(bytes: usize) -> BatchBuilder {
-        let mut buffer = Vec::with_capacity(bytes.max(BATCH_HEADER_LEN));
-        buffer.resize(BATCH_HEADER_LEN, 0);
-        BatchBuilder {
-            buffer,
-            record_count: 0,
-            first_timestamp_ms: 0,
-            max_timestamp_ms: 0,
-            producer_id: 0,
-            producer_epoch: 0,
-            base_sequence: 0,
-        }
+        BatchBuilder::from_vec(Vec::with_capacity(bytes.max(BATCH_HEADER_LEN)))
     }
 
     /// Reuses `buffer`'s allocation (e.g. a finished batch whose request was
