@@ -218,11 +218,7 @@ where
                 let mut count = 1;
                 while let Some(e) = selected.get(next + count) {
                     let previous = selected[next + count - 1];
-                    if e.end() > segment.end()
-                        || e.position - previous.end() > MAX_READ_GAP_BYTES
-                        || e.end() - first.position > MAX_READ_BYTES
-                        || state.cache.get(e.position, e.length as usize).is_some()
-                    {
+                    if !joins_disk_run(&state.cache, segment.end(), &first, &previous, e) {
                         break;
                     }
                     count += 1;
@@ -298,10 +294,7 @@ where
             let Some(e) = p.index.get(i) else { break };
             let batch_bytes = (e.length as usize - ENTRY_HEADER_LEN) as u64;
             if total + batch_bytes > max_bytes as u64
-                || e.end() > segment.end()
-                || e.position - last.end() > MAX_READ_GAP_BYTES
-                || e.end() - first.position > MAX_READ_BYTES
-                || state.cache.get(e.position, e.length as usize).is_some()
+                || !joins_disk_run(&state.cache, segment.end(), &first, &last, e)
             {
                 break;
             }
@@ -381,6 +374,22 @@ where
         }
         unreachable!("the second attempt returns")
     }
+}
+
+/// Whether entry `e` can join a disk read that starts at `first` and so far
+/// ends with `previous`: in the same segment, after a small gap, within the
+/// largest read, and not in the cache (which serves it without I/O).
+fn joins_disk_run<B: crate::disk::IoBuffer>(
+    cache: &crate::commitlog::cache::ReadCache<B>,
+    segment_end: u64,
+    first: &IndexEntry,
+    previous: &IndexEntry,
+    e: &IndexEntry,
+) -> bool {
+    e.end() <= segment_end
+        && e.position - previous.end() <= MAX_READ_GAP_BYTES
+        && e.end() - first.position <= MAX_READ_BYTES
+        && cache.get(e.position, e.length as usize).is_none()
 }
 
 /// Checks every entry of `run` in `bytes` (read from global position
