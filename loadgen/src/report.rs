@@ -9,7 +9,6 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 use std::process::ExitCode;
 
-/// Latencies in microseconds, 1 µs .. 100 s, 3 significant digits.
 /// User + system CPU time of this process (all threads, not children).
 pub fn process_cpu_seconds() -> Option<f64> {
     // SAFETY: getrusage writes into the zeroed struct we pass.
@@ -22,6 +21,7 @@ pub fn process_cpu_seconds() -> Option<f64> {
     Some(seconds(usage.ru_utime) + seconds(usage.ru_stime))
 }
 
+/// Latencies in microseconds, 1 µs .. 100 s, 3 significant digits.
 pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 100_000_000, 3).expect("static histogram bounds are valid")
 }
