@@ -202,7 +202,6 @@ async fn producer(
     // Every producer ticks at the same instants: their timers expire in one
     // hrtimer interrupt and wake the runtime once per slot, not once per
     // producer (each wake-up costs a context switch on a shared core).
-    let phase_ns = 0u64;
     let mut tick = 0u64;
     let mut sent = 0u64;
     let mut partition = id as u32 % spec.partitions;
@@ -221,7 +220,7 @@ async fn producer(
         // Sleep to the next slot boundary (a precise hrtimer, see pacer.rs).
         // Acks are not awaited here: the schedule never waits for them.
         pacer
-            .sleep_until(start + Duration::from_nanos(phase_ns + tick * slot_ns))
+            .sleep_until(start + Duration::from_nanos(tick * slot_ns))
             .await;
         let now = clock.now_ns();
         let due = if now < start_ns {
@@ -267,7 +266,7 @@ async fn producer(
         // The next slot after now (slots missed while busy are skipped: what
         // they would have sent goes out in the next one, stamped as due).
         let elapsed = start.elapsed().as_nanos() as u64;
-        tick = (tick + 1).max((elapsed.saturating_sub(phase_ns)) / slot_ns + 1);
+        tick = (tick + 1).max(elapsed / slot_ns + 1);
     }
     while let Some((result, count)) = in_flight.next().await {
         note(&mut errors, ack_result(result), count);
