@@ -36,6 +36,27 @@ impl ReadyLine {
             shard_ports,
         })
     }
+
+    /// Reads the first line of a broker's stdout, which must be the ready
+    /// line (`coremq` prints nothing else there): `UnexpectedEof` if the
+    /// broker exited first, `InvalidData` for any other line.
+    pub fn read(stdout: impl std::io::Read) -> std::io::Result<ReadyLine> {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line)?;
+        if line.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the broker exited before it listened",
+            ));
+        }
+        ReadyLine::parse(&line).ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("unexpected broker output: {line:?}"),
+            )
+        })
+    }
 }
 
 #[cfg(test)]
@@ -58,5 +79,18 @@ mod tests {
             ReadyLine::parse("coremq listening on 127.0.0.1:1 shards=1 shard_ports=x"),
             None
         );
+    }
+
+    #[test]
+    fn reads_only_the_first_line() {
+        let out = "coremq listening on 127.0.0.1:9 shards=1 shard_ports=10\nlater\n";
+        assert_eq!(
+            ReadyLine::read(out.as_bytes()).unwrap().shard_ports,
+            vec![10]
+        );
+        let error = ReadyLine::read("Error: no\n".as_bytes()).unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::InvalidData);
+        let error = ReadyLine::read("".as_bytes()).unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::UnexpectedEof);
     }
 }

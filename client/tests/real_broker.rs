@@ -5,7 +5,6 @@ use coremq_client::{
     Admin, Client, Consumer, ErrorCode, OffsetReset, OffsetSpec, Producer, Record, TopicConfig,
 };
 use futures::StreamExt;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -70,13 +69,9 @@ fn spawn(binary: &Path, listen: &str, dir: &Path, extra: &[&str]) -> (Child, Str
         .stderr(Stdio::null())
         .spawn()
         .expect("start the broker");
-    let mut line = String::new();
     let stdout = child.stdout.take().expect("stdout");
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("read the ready line");
-    let addr = coremq_client::ReadyLine::parse(&line)
-        .unwrap_or_else(|| panic!("unexpected broker output: {line:?}"))
+    let addr = coremq_client::ReadyLine::read(stdout)
+        .expect("the broker's ready line")
         .main_address
         .to_string();
     (child, addr)

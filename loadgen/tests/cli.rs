@@ -4,7 +4,6 @@
 //! --workspace` builds it); the tests skip, saying so, only when it does not exist.
 
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
@@ -68,14 +67,9 @@ impl Broker {
             .stderr(Stdio::null())
             .spawn()
             .expect("start the broker");
-        // "coremq listening on ADDR shards=N shard_ports=a,b"
-        let mut line = String::new();
         let stdout = child.stdout.take().expect("stdout");
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read the ready line");
-        let addr = coremq_client::ReadyLine::parse(&line)
-            .unwrap_or_else(|| panic!("unexpected broker output: {line:?}"))
+        let addr = coremq_client::ReadyLine::read(stdout)
+            .expect("the broker's ready line")
             .main_address
             .to_string();
         Broker {

@@ -11,7 +11,7 @@ use coremq_wire::frame::{decode_frame, encode_frame, Kind, FRAME_HEADER_LEN, KIN
 use coremq_wire::messages::{parse, verifier_options};
 use coremq_wire::ErrorCode;
 use flatbuffers::FlatBufferBuilder;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -78,15 +78,10 @@ impl Broker {
             .spawn()
             .expect("spawn coremq");
         let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read ready line");
         let coremq_client::ReadyLine {
             main_address,
             shard_ports,
-        } = coremq_client::ReadyLine::parse(&line)
-            .unwrap_or_else(|| panic!("unexpected broker output: {line:?}"));
+        } = coremq_client::ReadyLine::read(stdout).expect("the broker's ready line");
         Broker {
             child: Some(child),
             data_dir: dir.to_path_buf(),
