@@ -25,6 +25,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Port(#[from] crate::ports::PortError),
+    #[error(transparent)]
+    Manifest(#[from] coremq_shard::manifest::ManifestError),
     #[error("shard {shard} failed to start: {reason}")]
     Shard { shard: u16, reason: String },
     #[error("cannot start executor for shard {shard}: {reason}")]
@@ -90,6 +92,7 @@ pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
         source,
     })?;
     let shards = config.shards;
+    coremq_shard::manifest::open_or_create(&config.data_dir, shards)?;
 
     // Resolve every port first: the main placeholder keeps the main port ours
     // until the shards bind it; the own ports are already listening.

@@ -41,6 +41,7 @@ pub mod commitlog;
 pub mod disk;
 pub mod engine;
 pub mod index;
+pub mod manifest;
 mod recovery;
 pub mod retention;
 pub mod storage;
