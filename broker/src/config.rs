@@ -78,6 +78,13 @@ pub struct Args {
     /// cheaper than into fresh pre-allocated ones, docs/perf.md).
     #[arg(long)]
     pub no_recycle_segments: bool,
+
+    /// Start even though acknowledged log data is damaged: copy each damaged
+    /// range aside (shard-<i>/quarantine/), keep everything before and after
+    /// it, and log the partition offsets lost. Without it such a shard
+    /// refuses to start (docs/storage.md, "Damage"). Command line only.
+    #[arg(long)]
+    pub repair_corruption: bool,
 }
 
 /// Settings as the TOML file spells them.
@@ -115,6 +122,7 @@ pub struct BrokerConfig {
     pub spin_before_park: Option<Duration>,
     pub pin_cores: bool,
     pub recycle_segments: bool,
+    pub repair_corruption: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -216,6 +224,7 @@ impl BrokerConfig {
             pin_cores: !(args.no_pin || file.no_pin.unwrap_or(false)),
             recycle_segments: !(args.no_recycle_segments
                 || file.no_recycle_segments.unwrap_or(false)),
+            repair_corruption: args.repair_corruption,
         })
     }
 }

@@ -230,6 +230,7 @@ fn storage_config(config: &BrokerConfig, shard: u16) -> StorageConfig {
     storage.max_batch_bytes = config.max_batch_bytes;
     storage.default_durability = config.default_durability;
     storage.recycle_segments = config.recycle_segments;
+    storage.repair_corruption = config.repair_corruption;
     storage
 }
 

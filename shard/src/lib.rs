@@ -80,6 +80,10 @@ pub struct StorageConfig {
     /// Their stale entries never chain to the live log, so recovery stops
     /// before them as it does before any stale bytes.
     pub recycle_segments: bool,
+    /// At start-up, quarantine damaged log ranges that later data proves
+    /// had been synced (copy them aside, keep everything before and after)
+    /// instead of refusing to start (docs/storage.md, "Damage").
+    pub repair_corruption: bool,
 }
 
 impl StorageConfig {
@@ -96,6 +100,7 @@ impl StorageConfig {
             checkpoint_interval: Duration::from_secs(10),
             default_durability: Durability::Always,
             recycle_segments: true,
+            repair_corruption: false,
         }
     }
 

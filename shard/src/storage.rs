@@ -37,6 +37,24 @@ pub enum StorageError {
     },
     #[error("storage is closed")]
     Closed,
+    #[error(
+        "shard {shard}: acknowledged data is damaged in {file} at byte {file_position} (log \
+         position {position}: {reason}); later data proves it had been synced, so this is not a \
+         torn tail. {ranges} damaged range(s); lost: {lost}. The shard refuses to start rather \
+         than drop the data after it. To keep everything before and after the damage and copy \
+         the damaged bytes aside (shard-{shard}/quarantine/), start once with \
+         --repair-corruption (docs/storage.md, \"Damage\")"
+    )]
+    Corruption {
+        shard: u16,
+        file: String,
+        file_position: u64,
+        position: u64,
+        resume: u64,
+        reason: &'static str,
+        ranges: usize,
+        lost: String,
+    },
 }
 
 impl ToErrorCode for StorageError {
@@ -52,7 +70,7 @@ impl ToErrorCode for StorageError {
             StorageError::BatchTooLarge { .. } => ErrorCode::TooLarge,
             StorageError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
             StorageError::DiskFull { .. } => ErrorCode::DiskFull,
-            StorageError::Io { .. } => ErrorCode::StorageError,
+            StorageError::Io { .. } | StorageError::Corruption { .. } => ErrorCode::StorageError,
             StorageError::Closed => ErrorCode::ShuttingDown,
         }
     }

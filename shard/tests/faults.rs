@@ -37,18 +37,168 @@ fn batch_with_entry_len(entry_bytes: usize, fill: u8) -> Vec<u8> {
     b
 }
 
+async fn open_repairing(disk: &MemDisk, clock: &ManualClock, segment_bytes: u64) -> MemEngine {
+    let mut c = config(PathBuf::from("/data/shard-0"), segment_bytes);
+    c.repair_corruption = true;
+    coremq_shard::Engine::open(disk.clone(), clock.clone(), c)
+        .await
+        .expect("open with --repair-corruption")
+}
+
+async fn open_err(disk: &MemDisk, clock: &ManualClock, segment_bytes: u64) -> StorageError {
+    let c = config(PathBuf::from("/data/shard-0"), segment_bytes);
+    match coremq_shard::Engine::open(disk.clone(), clock.clone(), c).await {
+        Ok(_) => panic!("opened a log with damaged acknowledged data"),
+        Err(e) => e,
+    }
+}
+
+/// Every record value of a partition, by offset (readers skip lost offsets).
+async fn values(engine: &MemEngine, topic: &str) -> Vec<(u64, u8)> {
+    let mut out = Vec::new();
+    let mut offset = engine.log_start_offset(topic, 0).unwrap();
+    let end = engine.high_watermark(topic, 0).unwrap();
+    while offset < end {
+        let got = engine.read(topic, 0, offset, 1 << 20).await.unwrap();
+        assert!(!got.batches.is_empty(), "no progress at {offset}");
+        for record in coremq_wire::batch::records_from(&got.batches, offset) {
+            let record = record.unwrap();
+            if record.offset >= offset {
+                out.push((record.offset, record.value[0]));
+                offset = record.offset + 1;
+            }
+        }
+    }
+    out
+}
+
+/// Media corruption inside synced data with more synced data after it: the
+/// shard refuses to start (naming file, position and lost offsets) instead
+/// of truncating acknowledged data; a repair quarantines only the damaged
+/// entry and keeps everything before and after it; offsets are never
+/// handed out again; later starts need no flag.
 #[test]
-fn stale_valid_entries_after_a_rewritten_tail_are_not_resurrected() {
+fn damage_followed_by_synced_data_refuses_to_start_and_repair_keeps_the_rest() {
+    for damaged_batch in [10usize, 29] {
+        let disk = MemDisk::new(2);
+        let clock = ManualClock::new(0);
+        block_on(async {
+            let engine = open(&disk, &clock, 32 << 10).await;
+            engine
+                .create_topic(topic("x", 1, Durability::Always))
+                .await
+                .unwrap();
+            engine
+                .create_topic(topic("y", 1, Durability::Always))
+                .await
+                .unwrap();
+            for i in 0..60u8 {
+                let name = if i % 2 == 0 { "x" } else { "y" };
+                engine.append(name, 0, &batch(1, 900, 0, i)).await.unwrap();
+            }
+            drop(engine);
+            let segments = disk.files_in(Path::new(LOG));
+            assert!(segments.len() >= 2);
+            // Batch entries of segment 0 after its snapshot and two creates;
+            // 29 is the segment's last when it is the x batch before a roll.
+            let all = entries(&disk);
+            let batches = &all[3..];
+            let index = damaged_batch.min(batches.len() - 1);
+            let (at, _) = batches[index];
+            let bytes = disk.contents(&segment0()).unwrap();
+            let fill = bytes[at + 32 + 64 + 25]; // the value's first byte
+            disk.corrupt(&segment0(), at + 100);
+
+            let error = open_err(&disk, &clock, 32 << 10).await;
+            let message = error.to_string();
+            assert!(
+                matches!(error, StorageError::Corruption { .. }),
+                "{message}"
+            );
+            assert!(message.contains("00000000000000000000.seg"), "{message}");
+            assert!(message.contains(&format!("at byte {at}")), "{message}");
+            let lost_topic = if fill.is_multiple_of(2) { "x" } else { "y" };
+            let lost_offset = u64::from(fill / 2);
+            assert!(
+                message.contains(&format!(
+                    "{lost_topic}/0 offsets {lost_offset}..{lost_offset}"
+                )),
+                "{message}"
+            );
+            assert_eq!(disk.files_in(Path::new(LOG)), segments, "nothing deleted");
+
+            let engine = open_repairing(&disk, &clock, 32 << 10).await;
+            let quarantined = disk.files_in(Path::new("/data/shard-0/quarantine"));
+            assert_eq!(quarantined.len(), 1, "the damaged range is copied aside");
+            let mut want_x: Vec<(u64, u8)> = (0..30).map(|i| (i, (2 * i) as u8)).collect();
+            let mut want_y: Vec<(u64, u8)> = (0..30).map(|i| (i, (2 * i + 1) as u8)).collect();
+            let lost_values = if lost_topic == "x" {
+                &mut want_x
+            } else {
+                &mut want_y
+            };
+            lost_values.retain(|(o, _)| *o != lost_offset);
+            assert_eq!(values(&engine, "x").await, want_x);
+            assert_eq!(values(&engine, "y").await, want_y);
+            // The lost offset is never handed out again.
+            let next = engine
+                .append(lost_topic, 0, &batch(1, 10, 0, 0))
+                .await
+                .unwrap();
+            assert_eq!(next.base_offset, 30);
+            drop(engine);
+            // Restart without the flag: the repair is remembered.
+            let engine = open(&disk, &clock, 32 << 10).await;
+            assert_eq!(engine.high_watermark(lost_topic, 0).unwrap(), 31);
+            let mut lost = if lost_topic == "x" { want_x } else { want_y };
+            lost.push((30, 0));
+            assert_eq!(values(&engine, lost_topic).await, lost);
+        });
+    }
+}
+
+/// Damage that no later entry proves was synced (here: a `never` topic,
+/// nothing ever fdatasync'd) is a torn tail: truncated, as before.
+#[test]
+fn damage_that_no_later_data_proves_synced_is_truncated() {
     let disk = MemDisk::new(1);
     let clock = ManualClock::new(0);
     block_on(async {
         let engine = open(&disk, &clock, 1 << 20).await;
         engine
-            .create_topic(topic("x", 1, Durability::Always))
+            .create_topic(topic("x", 1, Durability::Never))
+            .await
+            .unwrap();
+        for i in 0..10u8 {
+            engine.append("x", 0, &batch(1, 300, 0, i)).await.unwrap();
+        }
+        drop(engine);
+        let all = entries(&disk);
+        let (at, _) = all[all.len() - 4];
+        disk.corrupt(&segment0(), at + 100);
+        let engine = open(&disk, &clock, 1 << 20).await;
+        assert_eq!(
+            engine.high_watermark("x", 0).unwrap(),
+            6,
+            "the log ends at the damage"
+        );
+    });
+}
+
+/// `never` topics: nothing after the creates is fdatasync'd, so damage is a
+/// torn tail (see `damage_that_no_later_data_proves_synced_is_truncated`).
+#[test]
+fn stale_valid_entries_after_a_truncated_tail_are_not_resurrected() {
+    let disk = MemDisk::new(1);
+    let clock = ManualClock::new(0);
+    block_on(async {
+        let engine = open(&disk, &clock, 1 << 20).await;
+        engine
+            .create_topic(topic("x", 1, Durability::Never))
             .await
             .unwrap();
         engine
-            .create_topic(topic("y", 1, Durability::Always))
+            .create_topic(topic("y", 1, Durability::Never))
             .await
             .unwrap();
         // A pads so that B ends on a block boundary; C starts a new block.
@@ -69,7 +219,8 @@ fn stale_valid_entries_after_a_rewritten_tail_are_not_resurrected() {
         let all = entries(&disk);
         let (b_at, _) = all[all.len() - 2];
         assert_eq!(b_at + b_len, 8192);
-        // Media corruption inside B: the log now ends before B.
+        // Damage inside B, which nothing proves was synced (`never`): a
+        // torn tail, so the log now ends before B.
         disk.corrupt(&segment0(), b_at + 200);
         let engine = open(&disk, &clock, 1 << 20).await;
         assert_eq!(engine.high_watermark("x", 0).unwrap(), 1);
@@ -91,48 +242,6 @@ fn stale_valid_entries_after_a_rewritten_tail_are_not_resurrected() {
             0,
             "C is valid but does not chain to D: it must stay dead"
         );
-    });
-}
-
-#[test]
-fn a_broken_segment_discards_the_segments_after_it() {
-    let disk = MemDisk::new(2);
-    let clock = ManualClock::new(0);
-    block_on(async {
-        let engine = open(&disk, &clock, 32 << 10).await;
-        engine
-            .create_topic(topic("x", 1, Durability::Always))
-            .await
-            .unwrap();
-        engine
-            .create_topic(topic("y", 1, Durability::Always))
-            .await
-            .unwrap();
-        for i in 0..60u8 {
-            let name = if i % 2 == 0 { "x" } else { "y" };
-            engine.append(name, 0, &batch(1, 900, 0, i)).await.unwrap();
-        }
-        drop(engine);
-        assert!(disk.files_in(Path::new(LOG)).len() >= 2);
-        let all = entries(&disk);
-        let (last_at, _) = *all.last().unwrap();
-        disk.corrupt(&segment0(), last_at + 100);
-        let engine = open(&disk, &clock, 32 << 10).await;
-        assert_eq!(
-            disk.files_in(Path::new(LOG)),
-            vec![segment0()],
-            "later segments deleted"
-        );
-        let batches = all.len() - 3; // snapshot and two creates
-        let x = engine.high_watermark("x", 0).unwrap();
-        let y = engine.high_watermark("y", 0).unwrap();
-        assert_eq!(
-            (x + y) as usize,
-            batches - 1,
-            "everything before the broken entry survives"
-        );
-        // And the log goes on from there.
-        engine.append("y", 0, &batch(1, 10, 0, 0)).await.unwrap();
     });
 }
 

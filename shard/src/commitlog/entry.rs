@@ -6,14 +6,22 @@
 //!  0      4   magic        0x4C514D43 ("CMQL")
 //!  4      4   length       header + payload, bytes
 //!  8      1   kind         1 batch, 2 create topic, 3 delete topic, 4 catalog snapshot
-//!  9      1   version      1
+//!  9      1   version      2 (1: written before durability claims; still read)
 //! 10      2   reserved     0
 //! 12      4   topic_id     shard-local topic id (0 for a snapshot)
 //! 16      4   partition
 //! 20      4   prev_crc     crc of the previous entry in the log (the chain)
-//! 24      4   header_crc   crc32 of bytes [0, 24) + the covered payload prefix
-//! 28      4   reserved     0
+//! 24      4   header_crc   crc32 of bytes [0, 24) and [28, 32) + the covered payload prefix
+//! 28      4   durable_back v2: the log was durable (synced) up to this entry's
+//!                          position minus `durable_back` × 4 KiB when it was
+//!                          sealed (u32::MAX: no claim); v1: 0, not covered
 //! ```
+//!
+//! **Durability claim.** An entry only claims what a completed fdatasync had
+//! made durable before the entry existed. Recovery uses it to tell a torn
+//! tail (bad bytes in what may never have been synced: truncated) from
+//! corruption of acknowledged data (bad bytes that a later entry proves were
+//! synced: refused, or quarantined on request) — see `recovery/`.
 //!
 //! The header CRC covers the payload bytes nobody else checks: for a batch
 //! its first 24 bytes (broker-assigned base offset and append time, length,
@@ -28,7 +36,11 @@ use coremq_wire::batch::{verify_batch, BatchHeader, CRC_START};
 
 pub const ENTRY_HEADER_LEN: usize = 32;
 pub const ENTRY_MAGIC: u32 = 0x4C51_4D43;
-pub const ENTRY_VERSION: u8 = 1;
+pub const ENTRY_VERSION: u8 = 2;
+/// Entries of logs written before durability claims (read, never written).
+pub const ENTRY_VERSION_1: u8 = 1;
+/// `durable_back` of an entry that makes no durability claim.
+pub const NO_DURABLE_CLAIM: u32 = u32::MAX;
 /// `prev_crc` of the first entry ever written in a log.
 pub const CHAIN_START: u32 = 0;
 
@@ -60,6 +72,28 @@ pub struct EntryHeader {
     pub partition: u32,
     pub prev_crc: u32,
     pub crc: u32,
+    /// See the module docs; [`NO_DURABLE_CLAIM`] for version 1 entries.
+    pub durable_back: u32,
+}
+
+impl EntryHeader {
+    /// Where the log was known durable when this entry, at `position`, was
+    /// sealed; `None` when it makes no claim.
+    pub fn durable_claim(&self, position: u64) -> Option<u64> {
+        if self.durable_back == NO_DURABLE_CLAIM {
+            return None;
+        }
+        position.checked_sub(u64::from(self.durable_back) * crate::codec::BLOCK_BYTES)
+    }
+}
+
+/// The `durable_back` an entry at `position` records when the log is
+/// durable up to `durable_end`: rounded up to whole blocks, so the claim is
+/// never more than what was synced.
+pub fn durable_back(position: u64, durable_end: u64) -> u32 {
+    debug_assert!(durable_end <= position);
+    let blocks = (position - durable_end).div_ceil(crate::codec::BLOCK_BYTES);
+    u32::try_from(blocks).unwrap_or(NO_DURABLE_CLAIM)
 }
 
 fn covered_len(kind: EntryKind, payload_len: usize) -> usize {
@@ -73,19 +107,23 @@ fn compute_crc(entry: &[u8], kind: EntryKind) -> u32 {
     let payload = &entry[ENTRY_HEADER_LEN..];
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(&entry[..24]);
+    if entry[9] != ENTRY_VERSION_1 {
+        hasher.update(&entry[28..32]);
+    }
     hasher.update(&payload[..covered_len(kind, payload.len())]);
     hasher.finalize()
 }
 
 /// Writes the header into `entry[..32]` (the payload must already be in
 /// place, broker fields patched) and returns the entry's CRC, the next
-/// entry's `prev_crc`.
+/// entry's `prev_crc`. `durable_back`: see [`durable_back`].
 pub fn seal_entry(
     entry: &mut [u8],
     kind: EntryKind,
     topic_id: u32,
     partition: u32,
     prev_crc: u32,
+    durable_back: u32,
 ) -> u32 {
     let length = u32::try_from(entry.len()).expect("entries are far below 4 GiB");
     let h = &mut entry[..ENTRY_HEADER_LEN];
@@ -98,7 +136,7 @@ pub fn seal_entry(
     set_u32(h, 12, topic_id);
     set_u32(h, 16, partition);
     set_u32(h, 20, prev_crc);
-    set_u32(h, 28, 0);
+    set_u32(h, 28, durable_back);
     let crc = compute_crc(entry, kind);
     set_u32(entry, 24, crc);
     crc
@@ -159,7 +197,10 @@ pub fn parse_entry(bytes: &[u8], room: u64) -> Parsed {
     let Some(kind) = EntryKind::from_u8(h[8]) else {
         return Parsed::End(EntryEnd::BadKind);
     };
-    if h[9] != ENTRY_VERSION || h[10] != 0 || h[11] != 0 || get_u32(h, 28) != 0 {
+    let version = h[9];
+    let v1 = version == ENTRY_VERSION_1;
+    if !(v1 || version == ENTRY_VERSION) || h[10] != 0 || h[11] != 0 || (v1 && get_u32(h, 28) != 0)
+    {
         return Parsed::End(EntryEnd::BadKind);
     }
     if bytes.len() < length as usize {
@@ -182,6 +223,7 @@ pub fn parse_entry(bytes: &[u8], room: u64) -> Parsed {
         partition: get_u32(h, 16),
         prev_crc: get_u32(h, 20),
         crc,
+        durable_back: if v1 { NO_DURABLE_CLAIM } else { get_u32(h, 28) },
     })
 }
 
@@ -203,7 +245,7 @@ mod tests {
         let mut entry = vec![0u8; ENTRY_HEADER_LEN + batch.len()];
         entry[ENTRY_HEADER_LEN..].copy_from_slice(&batch);
         set_broker_fields(&mut entry[ENTRY_HEADER_LEN..], 42, 1000);
-        let crc = seal_entry(&mut entry, EntryKind::Batch, 3, 1, prev);
+        let crc = seal_entry(&mut entry, EntryKind::Batch, 3, 1, prev, 5);
         (entry, crc)
     }
 
@@ -222,6 +264,29 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(batch_header(&entry).base_offset, 42);
+    }
+
+    #[test]
+    fn durability_claims_round_down_and_version_1_is_read() {
+        assert_eq!(durable_back(8192, 8192), 0);
+        assert_eq!(durable_back(8192, 8191), 1);
+        assert_eq!(durable_back(8192, 0), 2);
+        assert_eq!(durable_back(u64::MAX, 0), NO_DURABLE_CLAIM);
+        let (entry, _) = batch_entry(0);
+        let Parsed::Entry(h) = parse_entry(&entry, 1 << 20) else {
+            panic!("valid entry")
+        };
+        assert_eq!(h.durable_claim(1 << 20), Some((1 << 20) - 5 * 4096));
+        // A version 1 entry: reserved 0 at 28, not covered by the crc.
+        let mut old = entry.clone();
+        old[9] = ENTRY_VERSION_1;
+        set_u32(&mut old, 28, 0);
+        let crc = compute_crc(&old, EntryKind::Batch);
+        set_u32(&mut old, 24, crc);
+        let Parsed::Entry(h) = parse_entry(&old, 1 << 20) else {
+            panic!("version 1 entry")
+        };
+        assert_eq!(h.durable_claim(1 << 20), None);
     }
 
     #[test]

@@ -15,7 +15,7 @@
 //! back, so a later flush retries them; positions never move back.
 
 use crate::codec::{align_down, align_up, is_aligned};
-use crate::commitlog::entry::{seal_entry, EntryKind, ENTRY_HEADER_LEN};
+use crate::commitlog::entry::{durable_back, seal_entry, EntryKind, ENTRY_HEADER_LEN};
 use crate::disk::{DiskFile, IoBuffer};
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -209,7 +209,10 @@ impl<F: DiskFile> Writer<F> {
         let at = self.active.len;
         let entry = &mut self.active.buffer.as_bytes_mut()[at..at + length];
         fill(&mut entry[ENTRY_HEADER_LEN..]);
-        self.chain = seal_entry(entry, kind, topic_id, partition, self.chain);
+        // What a completed sync already made durable (recovery's proof
+        // that damage before this entry hit acknowledged data).
+        let back = durable_back(position, self.durable_end);
+        self.chain = seal_entry(entry, kind, topic_id, partition, self.chain, back);
         self.active.len += length;
         self.end += length as u64;
         position

@@ -84,7 +84,8 @@ impl PartitionIndex {
     ) {
         let (running, cumulative) = match self.entries.back() {
             Some(last) => {
-                assert_eq!(last.next_offset(), base_offset, "offsets are dense");
+                // Dense, except after damage a repair skipped (recovery).
+                assert!(last.next_offset() <= base_offset, "offsets only grow");
                 assert!(last.end() <= position, "index entries follow log order");
                 (
                     last.max_timestamp_ms.max(max_timestamp_ms),
@@ -114,11 +115,17 @@ impl PartitionIndex {
         });
     }
 
-    /// Index of the entry holding `offset`, if any.
+    /// Index of the entry holding `offset`, or of the first entry after it
+    /// when `offset` lies in a gap that damaged data left (recovery); `None`
+    /// below the first entry or at or past the end.
     pub fn find(&self, offset: u64) -> Option<usize> {
         let after = self.entries.partition_point(|e| e.base_offset <= offset);
         let i = after.checked_sub(1)?;
-        (offset < self.entries[i].next_offset()).then_some(i)
+        if offset < self.entries[i].next_offset() {
+            Some(i)
+        } else {
+            (after < self.entries.len()).then_some(after)
+        }
     }
 
     /// Number of leading entries that end at or before `bound` (are visible).

@@ -14,6 +14,7 @@
 //! 4. Delete segments after the end; read the partial last block back into
 //!    the writer; fdatasync what was scanned so recovered data is durable.
 
+mod damage;
 mod scan;
 
 use crate::catalog::{decode_create, Catalog, Snapshot};
@@ -47,6 +48,11 @@ struct Tables {
     /// No checkpoint: the first snapshot entry seeds the state.
     from_scratch: bool,
     applied: u64,
+    /// After damage the log resumes past: a partition's next batch may
+    /// start beyond its next offset (those offsets are lost, never reused).
+    allow_gaps: bool,
+    /// (topic id, partition, first lost offset, first offset after them).
+    gaps: Vec<(u32, u32, u64, u64)>,
 }
 
 impl Tables {
@@ -67,7 +73,15 @@ impl Tables {
                     .get_mut(&(header.topic_id, header.partition))
                 {
                     if batch.base_offset != p.next_offset {
-                        return Err("batch does not continue its partition's offsets");
+                        if !(self.allow_gaps && batch.base_offset > p.next_offset) {
+                            return Err("batch does not continue its partition's offsets");
+                        }
+                        self.gaps.push((
+                            header.topic_id,
+                            header.partition,
+                            p.next_offset,
+                            batch.base_offset,
+                        ));
                     }
                     p.index.push(
                         batch.base_offset,
@@ -132,7 +146,14 @@ pub(crate) async fn recover<D: Disk, C: Clock>(
         partitions: HashMap::new(),
         from_scratch: true,
         applied: 0,
+        allow_gaps: false,
+        gaps: Vec::new(),
     };
+    let quarantine_dir = log_dir
+        .parent()
+        .map_or_else(|| log_dir.join("quarantine"), |d| d.join("quarantine"));
+    let quarantined = damage::load_quarantined(disk, &quarantine_dir).await?;
+    let mut damaged: Vec<Damaged> = Vec::new();
     // Where the scan starts, and the chain value expected there (None: any).
     let mut start = segments.first().map_or(0, |s| s.base);
     let mut chain = None;
@@ -175,7 +196,7 @@ pub(crate) async fn recover<D: Disk, C: Clock>(
                         segment = segment.base,
                         "segment index missing or invalid; rebuilding it from the segment"
                     );
-                    scan::index_segment(segment).await?
+                    scan::index_segment(segment, &quarantined).await?
                 }
             };
             for (topic_id, partition, entries) in groups {
@@ -233,18 +254,84 @@ pub(crate) async fn recover<D: Disk, C: Clock>(
                 position = segments[i].base;
                 continue;
             }
-            match outcome.reason {
-                ScanEnd::Clean => {}
-                ScanEnd::Torn(reason) => tracing::warn!(
+            if let ScanEnd::Torn(reason) = outcome.reason {
+                // Damage an earlier repair quarantined, or damage that later
+                // data proves had been synced (recovery/damage.rs).
+                let resume = match quarantined.iter().find(|q| q.from == end) {
+                    Some(q) => segments
+                        .iter()
+                        .position(|s| s.base <= q.to && q.to < s.end())
+                        .map(|segment| damage::Resume {
+                            segment,
+                            position: q.to,
+                        }),
+                    None => {
+                        let max_entry = config.max_batch_bytes as u64 + ENTRY_HEADER_LEN as u64;
+                        let found =
+                            damage::find_resume(&segments, i, end, &tables, max_entry).await?;
+                        if let Some(resume) = found {
+                            damaged.push(Damaged {
+                                file: shown(&log_dir.join(segment_file_name(segment.base))),
+                                segment_base: segment.base,
+                                position: end,
+                                resume: resume.position,
+                                reason,
+                            });
+                        }
+                        found
+                    }
+                };
+                if let Some(resume) = resume {
+                    if config.repair_corruption && damaged.last().is_some_and(|d| d.position == end)
+                    {
+                        let range = damage::Quarantined {
+                            from: end,
+                            to: resume.position,
+                        };
+                        let kept =
+                            damage::quarantine(disk, &quarantine_dir, segment, range).await?;
+                        tracing::error!(
+                            shard = config.shard.0,
+                            from = end,
+                            to = resume.position,
+                            copy = %kept.display(),
+                            reason,
+                            "damaged log range quarantined; the log resumes after it"
+                        );
+                    }
+                    i = resume.segment;
+                    position = resume.position;
+                    chain = None;
+                    tables.allow_gaps = true;
+                    continue;
+                }
+                tracing::warn!(
                     shard = config.shard.0,
                     segment = segment.base,
                     position = end,
                     reason,
                     "log ends in a torn or invalid entry; truncating there"
-                ),
+                );
             }
             break;
         }
+    }
+    for &(topic_id, partition, from, to) in &tables.gaps {
+        let topic = tables
+            .catalog
+            .by_id(topic_id)
+            .map_or_else(|| format!("#{topic_id}"), |t| t.config.name.clone());
+        tracing::error!(
+            shard = config.shard.0,
+            topic = %topic,
+            partition,
+            lost_first = from,
+            lost_last = to - 1,
+            "offsets lost to damaged log data; readers skip to the next readable offset"
+        );
+    }
+    if !damaged.is_empty() && !config.repair_corruption {
+        return Err(corruption_error(config, &damaged, &tables));
     }
 
     // Drop what follows the end, or start a fresh log.
@@ -356,7 +443,8 @@ fn restore_entries(p: &mut PartitionState, entries: Vec<crate::index::IndexEntry
             continue;
         }
         if let Some(last) = p.index.last() {
-            if last.next_offset() != entry.base_offset || last.end() > entry.position {
+            // A gap (offsets skipped after quarantined damage) is kept.
+            if last.next_offset() > entry.base_offset || last.end() > entry.position {
                 tracing::error!(
                     topic_id = p.topic_id,
                     partition = p.partition,
@@ -579,4 +667,41 @@ async fn create_first_segment<D: Disk>(
         size,
         file: Rc::new(file),
     })
+}
+
+/// Damage in synced data that the scan found (and, when repairing, skipped).
+struct Damaged {
+    file: String,
+    segment_base: u64,
+    position: u64,
+    resume: u64,
+    reason: &'static str,
+}
+
+fn corruption_error(config: &StorageConfig, damaged: &[Damaged], tables: &Tables) -> StorageError {
+    let first = &damaged[0];
+    let mut lost: Vec<String> = tables
+        .gaps
+        .iter()
+        .map(|&(topic_id, partition, from, to)| {
+            let topic = tables
+                .catalog
+                .by_id(topic_id)
+                .map_or_else(|| format!("#{topic_id}"), |t| t.config.name.clone());
+            format!("{topic}/{partition} offsets {from}..{}", to - 1)
+        })
+        .collect();
+    if lost.is_empty() {
+        lost.push("no batch of a known partition (a control entry)".to_string());
+    }
+    StorageError::Corruption {
+        shard: config.shard.0,
+        file: first.file.clone(),
+        file_position: first.position - first.segment_base,
+        position: first.position,
+        resume: first.resume,
+        reason: first.reason,
+        ranges: damaged.len(),
+        lost: lost.join(", "),
+    }
 }

@@ -3,7 +3,7 @@
 use super::Tables;
 use crate::codec::{align_down, align_up};
 use crate::commitlog::entry::{
-    batch_header, parse_entry, EntryEnd, EntryKind, Parsed, ENTRY_HEADER_LEN,
+    batch_header, parse_entry, EntryEnd, EntryHeader, EntryKind, Parsed, ENTRY_HEADER_LEN,
 };
 use crate::commitlog::segments::{segment_file_name, Segment};
 use crate::disk::DiskFile;
@@ -27,18 +27,18 @@ pub(super) struct ScanOutcome {
 }
 
 /// A window of the segment file, starting at a block boundary.
-struct Window {
-    start: u64,
-    bytes: Vec<u8>,
+pub(super) struct Window {
+    pub start: u64,
+    pub bytes: Vec<u8>,
 }
 
 impl Window {
-    fn covers(&self, at: u64, len: u64) -> bool {
+    pub(super) fn covers(&self, at: u64, len: u64) -> bool {
         at >= self.start && at + len <= self.start + self.bytes.len() as u64
     }
 }
 
-async fn fill<F: DiskFile>(
+pub(super) async fn fill<F: DiskFile>(
     segment: &Segment<F>,
     at: u64,
     need: u64,
@@ -58,7 +58,7 @@ async fn fill<F: DiskFile>(
 }
 
 /// The entry at file offset `at`, read through `window`.
-async fn entry_at<F: DiskFile>(
+pub(super) async fn entry_at<F: DiskFile>(
     segment: &Segment<F>,
     window: &mut Option<Window>,
     at: u64,
@@ -98,7 +98,15 @@ pub(super) async fn scan_segment<F: DiskFile>(
     let mut position = from;
     loop {
         let at = position - segment.base;
-        let header = match entry_at(segment, &mut window, at).await? {
+        let mut parsed = entry_at(segment, &mut window, at).await?;
+        if matches!(parsed, Parsed::End(end) if !matches!(end, EntryEnd::SegmentFull | EntryEnd::Zero))
+        {
+            // Read it again before believing it: a transient read error
+            // (a flipped bit on the way) must not end the log.
+            window = None;
+            parsed = entry_at(segment, &mut window, at).await?;
+        }
+        let header = match parsed {
             Parsed::Entry(header) => header,
             Parsed::End(EntryEnd::SegmentFull | EntryEnd::Zero) => {
                 return Ok(ScanOutcome {
@@ -144,8 +152,11 @@ pub(super) async fn scan_segment<F: DiskFile>(
 /// index file is missing or bad): every batch entry, grouped by partition.
 /// The chain is checked inside the segment; where the segment starts, the
 /// checkpoint already said the log continues.
+/// Ranges an earlier repair quarantined are skipped (the log resumes after
+/// them with a new chain).
 pub(super) async fn index_segment<F: DiskFile>(
     segment: &Segment<F>,
+    quarantined: &[super::damage::Quarantined],
 ) -> Result<Vec<(u32, u32, Vec<IndexEntry>)>, StorageError> {
     let mut window = None;
     let mut position = segment.base;
@@ -155,7 +166,14 @@ pub(super) async fn index_segment<F: DiskFile>(
         let at = position - segment.base;
         let header = match entry_at(segment, &mut window, at).await? {
             Parsed::Entry(header) if chain.is_none_or(|c| c == header.prev_crc) => header,
-            _ => break,
+            _ => match quarantined.iter().find(|q| q.from == position) {
+                Some(q) if q.to < segment.end() => {
+                    position = q.to;
+                    chain = None;
+                    continue;
+                }
+                _ => break,
+            },
         };
         if header.kind == EntryKind::Batch {
             let w = window.as_ref().expect("entry_at filled it");
@@ -186,6 +204,25 @@ pub(super) async fn index_segment<F: DiskFile>(
         position += header.length as u64;
     }
     Ok(groups)
+}
+
+/// The valid entry at file offset `at` and its bytes, if it chains to
+/// `chain` (any chain if `None`).
+pub(super) async fn following_entry<F: DiskFile>(
+    segment: &Segment<F>,
+    window: &mut Option<Window>,
+    at: u64,
+    chain: Option<u32>,
+) -> Result<Option<(EntryHeader, Vec<u8>)>, StorageError> {
+    match entry_at(segment, window, at).await? {
+        Parsed::Entry(header) if chain.is_none_or(|c| c == header.prev_crc) => {
+            let w = window.as_ref().expect("entry_at filled it");
+            let from = (at - w.start) as usize;
+            let entry = w.bytes[from..from + header.length as usize].to_vec();
+            Ok(Some((header, entry)))
+        }
+        _ => Ok(None),
+    }
 }
 
 /// Does the segment's first entry continue the chain?
