@@ -372,6 +372,38 @@ impl Conn {
             .sum()
     }
 
+    /// The log start offset and every record from it to the high watermark,
+    /// for a partition whose retention may still be moving its start: a
+    /// read that the start overtook is retried from the new start.
+    pub fn read_all_from_log_start(
+        &mut self,
+        topic: &str,
+        partition: u32,
+    ) -> (u64, Vec<(u64, Vec<u8>)>) {
+        loop {
+            let start = self.log_start_offset(topic, partition);
+            let mut out = Vec::new();
+            let mut offset = start;
+            loop {
+                let (error, high_watermark, batches) = self.fetch(topic, partition, offset, 0);
+                if error == ErrorCode::OffsetOutOfRange
+                    && self.log_start_offset(topic, partition) > start
+                {
+                    break;
+                }
+                assert_eq!(error, ErrorCode::None);
+                for record in records_from(&batches, offset) {
+                    let record = record.expect("valid record");
+                    out.push((record.offset, record.value.to_vec()));
+                    offset = record.offset + 1;
+                }
+                if offset >= high_watermark {
+                    return (start, out);
+                }
+            }
+        }
+    }
+
     /// Every record value from `offset` to the high watermark.
     pub fn read_all(
         &mut self,
