@@ -128,7 +128,11 @@ impl<D: Disk, C: Clock> Engine<D, C> {
             let sealed: Vec<SegmentIndex> = state
                 .segments
                 .iter()
-                .filter(|s| s.base >= state.indexed_below && s.base < active && s.end() <= durable)
+                .filter(|s| {
+                    (s.base >= state.indexed_below || state.index_missing.contains(&s.base))
+                        && s.base < active
+                        && s.end() <= durable
+                })
                 .map(|s| segment_index_of(&state, s.base, s.size))
                 .collect();
             let below = sealed.last().map_or(0, |s| s.base + s.size);
@@ -155,6 +159,9 @@ impl<D: Disk, C: Clock> Engine<D, C> {
             state.last_checkpoint_ms = self.clock.now_ms();
             state.checkpointed_position = position;
             state.indexed_below = indexed_below;
+            state
+                .index_missing
+                .retain(|base| !sealed.iter().any(|index| index.base == *base));
             std::mem::take(&mut state.doomed)
         };
         if !doomed.is_empty() {

@@ -152,8 +152,11 @@ pub(crate) struct State<F: DiskFile> {
     /// Released segment files (named `*.spare`) waiting to become new
     /// segments; `base` is their old base.
     pub spares: Vec<crate::commitlog::segments::Segment<F>>,
-    /// Sealed segments below this position have their `.idx` file.
+    /// Sealed segments below this position have their `.idx` file...
     pub indexed_below: u64,
+    /// ...except these (bases), whose file recovery found missing or bad and
+    /// rebuilt from the segment: the next checkpoint writes them back.
+    pub index_missing: Vec<u64>,
 }
 
 impl<F: DiskFile> State<F> {

@@ -154,6 +154,8 @@ pub(crate) async fn recover<D: Disk, C: Clock>(
         .map_or_else(|| log_dir.join("quarantine"), |d| d.join("quarantine"));
     let quarantined = damage::load_quarantined(disk, &quarantine_dir).await?;
     let mut damaged: Vec<Damaged> = Vec::new();
+    // Sealed segments whose `.idx` had to be rebuilt (written back later).
+    let mut index_missing = Vec::new();
     // Where the scan starts, and the chain value expected there (None: any).
     let mut start = segments.first().map_or(0, |s| s.base);
     let mut chain = None;
@@ -196,6 +198,7 @@ pub(crate) async fn recover<D: Disk, C: Clock>(
                         segment = segment.base,
                         "segment index missing or invalid; rebuilding it from the segment"
                     );
+                    index_missing.push(segment.base);
                     scan::index_segment(segment, &quarantined).await?
                 }
             };
@@ -427,6 +430,7 @@ pub(crate) async fn recover<D: Disk, C: Clock>(
         doomed: Vec::new(),
         spares: Vec::new(),
         indexed_below: indexed_below.min(tail_base),
+        index_missing,
     };
     if fresh {
         crate::engine::write_snapshot(&mut state);
