@@ -9,12 +9,19 @@
 //!   high watermark is exactly what was acknowledged (the log is a prefix);
 //! - no `always` high watermark a reader ever saw goes backwards;
 //! - every partition reads back from log start to high watermark as valid
-//!   batches with dense offsets: nothing half-written is ever served.
+//!   batches with dense offsets: nothing half-written is ever served;
+//! - no partition's recovered log start is above its log start before the
+//!   crash (only retention moves it; recovery never drops the front);
+//! - reads during the load, with read errors and bit flips injected, return
+//!   the acknowledged bytes or an error, never other bytes; recovery itself
+//!   runs with bit flips on its reads.
 //!
 //! The `interval` and `never` topics have time and size retention, so
 //! segment deletion and checkpoints are crashed through as well.
 //!
-//! A failure prints its seed; `COREMQ_SEED=<n>` replays one seed.
+//! A failure prints its seed; `COREMQ_SEED=<n>` replays one seed,
+//! `COREMQ_SEEDS=<from>..<to>` runs a range (benches/scripts/crash-seeds.sh
+//! runs 10,000).
 
 mod common;
 
@@ -68,14 +75,17 @@ fn faults_for(rng: &mut Rng) -> Faults {
         write_error: level,
         short_write: level / 2.0,
         sync_error: level,
-        read_error: 0.0,
-        read_bit_flip: 0.0,
+        read_error: level / 2.0,
+        read_bit_flip: level,
         yield_first: 0.3,
     }
 }
 
 /// Highest `always` high watermark any reader saw, per partition.
 type Seen = Rc<RefCell<[u64; PARTITIONS as usize]>>;
+
+/// Each partition's log start just before the crash.
+type Starts = std::collections::HashMap<(&'static str, u32), u64>;
 
 fn workload(
     seed: u64,
@@ -84,7 +94,7 @@ fn workload(
     clock: &ManualClock,
     acked: &Rc<RefCell<Vec<Acked>>>,
     seen: &Seen,
-) {
+) -> Starts {
     let mut rng = Rng::new(seed.wrapping_mul(31).wrapping_add(round));
     let mut pool = LocalPool::new();
     let engine = Rc::new(pool.run_until(open(disk, clock, SEGMENT_BYTES)));
@@ -125,11 +135,28 @@ fn workload(
                     match engine.append(topic, partition, &b).await {
                         Ok(out) => {
                             count(1, 0, 0);
+                            let bytes = stored(&b, out.base_offset, out.append_time_ms);
+                            if rng.below(3) == 0 {
+                                // Read it back through the faulty disk (the
+                                // cache is small, so often from "disk").
+                                match engine.read(topic, partition, out.base_offset, 1).await {
+                                    Ok(got) => assert!(
+                                        got.batches.is_empty() || got.batches == bytes,
+                                        "{topic}/{partition} @{}: a read served other bytes",
+                                        out.base_offset
+                                    ),
+                                    Err(
+                                        StorageError::Io { .. }
+                                        | StorageError::OffsetOutOfRange { .. },
+                                    ) => {}
+                                    Err(other) => panic!("unexpected read error: {other}"),
+                                }
+                            }
                             acked.borrow_mut().push(Acked {
                                 topic,
                                 partition,
                                 base_offset: out.base_offset,
-                                bytes: stored(&b, out.base_offset, out.append_time_ms),
+                                bytes,
                             })
                         }
                         Err(StorageError::Io { .. }) => count(0, 1, 0),
@@ -156,17 +183,43 @@ fn workload(
     }
     pool.run();
     RECYCLED.with(|r| r.set(r.get() + engine.metrics().segments_recycled.get()));
+    let mut starts = Starts::new();
+    for (name, _) in TOPICS {
+        for p in 0..PARTITIONS {
+            starts.insert((name, p), engine.log_start_offset(name, p).unwrap());
+        }
+    }
     drop(engine);
     disk.set_faults(Faults::default());
     disk.crash();
+    starts
 }
 
 /// Checks the invariants; returns the acknowledged appends that survived
 /// (a lost `interval` / `never` append's offsets are reused afterwards).
-fn verify(disk: &MemDisk, clock: &ManualClock, acked: &[Acked], seen: &Seen) -> Vec<Acked> {
+fn verify(
+    disk: &MemDisk,
+    clock: &ManualClock,
+    acked: &[Acked],
+    seen: &Seen,
+    starts: &Starts,
+) -> Vec<Acked> {
     let mut survivors = Vec::new();
     let mut pool = LocalPool::new();
+    // Recovery reads through bit flips (it must read again, not truncate).
+    disk.set_faults(Faults {
+        read_bit_flip: 0.05,
+        ..Faults::default()
+    });
     let engine = pool.run_until(open(disk, clock, SEGMENT_BYTES));
+    disk.set_faults(Faults::default());
+    for ((name, p), before) in starts {
+        let start = engine.log_start_offset(name, *p).unwrap();
+        assert!(
+            start <= *before,
+            "{name}/{p}: recovery moved the log start from {before} to {start}"
+        );
+    }
     for p in 0..PARTITIONS {
         let hw = engine.high_watermark("a", p).unwrap();
         let max_seen = seen.borrow()[p as usize];
@@ -250,17 +303,24 @@ fn run_seed(seed: u64) {
     let acked = Rc::new(RefCell::new(Vec::new()));
     let seen: Seen = Rc::new(RefCell::new([0; PARTITIONS as usize]));
     for round in 0..2 {
-        workload(seed, round, &disk, &clock, &acked, &seen);
-        let survivors = verify(&disk, &clock, &acked.borrow(), &seen);
+        let starts = workload(seed, round, &disk, &clock, &acked, &seen);
+        let survivors = verify(&disk, &clock, &acked.borrow(), &seen, &starts);
         *acked.borrow_mut() = survivors;
     }
 }
 
 #[test]
 fn crash_recovery_keeps_every_acknowledged_append() {
-    let seeds: Vec<u64> = match std::env::var("COREMQ_SEED") {
-        Ok(seed) => vec![seed.parse().expect("COREMQ_SEED is a number")],
-        Err(_) => (0..250).collect(),
+    let seeds: Vec<u64> = match (std::env::var("COREMQ_SEED"), std::env::var("COREMQ_SEEDS")) {
+        (Ok(seed), _) => vec![seed.parse().expect("COREMQ_SEED is a number")],
+        (_, Ok(range)) => {
+            let (from, to) = range
+                .split_once("..")
+                .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+                .expect("COREMQ_SEEDS is <from>..<to>");
+            (from..to).collect()
+        }
+        _ => (0..250).collect(),
     };
     for seed in seeds {
         let result = std::panic::catch_unwind(|| run_seed(seed));

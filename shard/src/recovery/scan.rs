@@ -86,6 +86,31 @@ pub(super) async fn entry_at<F: DiskFile>(
     }
 }
 
+/// How often an entry that fails is read again before it is believed.
+const READS_BEFORE_BELIEVING: usize = 3;
+
+fn is_bad(parsed: &Parsed) -> bool {
+    matches!(parsed, Parsed::End(end) if !matches!(end, EntryEnd::SegmentFull | EntryEnd::Zero))
+}
+
+/// [`entry_at`], read again (fresh from the disk) while it fails: a
+/// transient read error, a bit flipped on the way, must not end the log.
+pub(super) async fn entry_at_believed<F: DiskFile>(
+    segment: &Segment<F>,
+    window: &mut Option<Window>,
+    at: u64,
+) -> Result<Parsed, StorageError> {
+    let mut parsed = entry_at(segment, window, at).await?;
+    for _ in 1..READS_BEFORE_BELIEVING {
+        if !is_bad(&parsed) {
+            break;
+        }
+        *window = None;
+        parsed = entry_at(segment, window, at).await?;
+    }
+    Ok(parsed)
+}
+
 /// Applies every valid, chained entry from global position `from` on.
 pub(super) async fn scan_segment<F: DiskFile>(
     segment: &Segment<F>,
@@ -98,14 +123,7 @@ pub(super) async fn scan_segment<F: DiskFile>(
     let mut position = from;
     loop {
         let at = position - segment.base;
-        let mut parsed = entry_at(segment, &mut window, at).await?;
-        if matches!(parsed, Parsed::End(end) if !matches!(end, EntryEnd::SegmentFull | EntryEnd::Zero))
-        {
-            // Read it again before believing it: a transient read error
-            // (a flipped bit on the way) must not end the log.
-            window = None;
-            parsed = entry_at(segment, &mut window, at).await?;
-        }
+        let parsed = entry_at_believed(segment, &mut window, at).await?;
         let header = match parsed {
             Parsed::Entry(header) => header,
             Parsed::End(EntryEnd::SegmentFull | EntryEnd::Zero) => {
@@ -164,7 +182,7 @@ pub(super) async fn index_segment<F: DiskFile>(
     let mut groups: Vec<(u32, u32, Vec<IndexEntry>)> = Vec::new();
     loop {
         let at = position - segment.base;
-        let header = match entry_at(segment, &mut window, at).await? {
+        let header = match entry_at_believed(segment, &mut window, at).await? {
             Parsed::Entry(header) if chain.is_none_or(|c| c == header.prev_crc) => header,
             _ => match quarantined.iter().find(|q| q.from == position) {
                 Some(q) if q.to < segment.end() => {
@@ -214,7 +232,7 @@ pub(super) async fn following_entry<F: DiskFile>(
     at: u64,
     chain: Option<u32>,
 ) -> Result<Option<(EntryHeader, Vec<u8>)>, StorageError> {
-    match entry_at(segment, window, at).await? {
+    match entry_at_believed(segment, window, at).await? {
         Parsed::Entry(header) if chain.is_none_or(|c| c == header.prev_crc) => {
             let w = window.as_ref().expect("entry_at filled it");
             let from = (at - w.start) as usize;
@@ -231,7 +249,7 @@ pub(super) async fn first_entry_chains<F: DiskFile>(
     chain: Option<u32>,
 ) -> Result<bool, StorageError> {
     let mut window = None;
-    Ok(match entry_at(segment, &mut window, 0).await? {
+    Ok(match entry_at_believed(segment, &mut window, 0).await? {
         Parsed::Entry(header) => chain.is_none_or(|c| c == header.prev_crc),
         _ => false,
     })
