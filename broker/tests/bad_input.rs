@@ -78,10 +78,21 @@ fn truncated_frame_then_disconnect() {
     frame.extend_from_slice(&body[..body.len() / 2]);
     conn.send_raw(&frame).unwrap();
     drop(conn);
-    std::thread::sleep(std::time::Duration::from_millis(100));
+    // Wait until the broker has seen the disconnect (only `admin` is left),
+    // so that whatever it did with the half frame is done.
+    let mut admin = broker.connect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while admin.counter("connections") > 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the broker never noticed the disconnect"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     assert_healthy(&mut broker);
     // Nothing of the half-sent batch was stored.
-    assert_eq!(broker.connect().read_all("t", 0, 0).len(), 3);
+    assert_eq!(admin.read_all("t", 0, 0).len(), 3);
+    assert_eq!(admin.read_all("t", 1, 0).len(), 0);
 }
 
 #[test]

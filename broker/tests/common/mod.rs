@@ -221,6 +221,13 @@ impl Conn {
         })
     }
 
+    /// `recv` gives up (returns `None`) after `timeout` without a frame.
+    pub fn set_read_timeout(&mut self, timeout: Duration) {
+        self.stream
+            .set_read_timeout(Some(timeout))
+            .expect("set read timeout");
+    }
+
     pub fn call(&mut self, kind: Kind, body: &[u8]) -> Frame {
         let id = self.send(kind.request(), body);
         let frame = self.recv().expect("response");
