@@ -20,8 +20,11 @@
 //! within one maximal entry after `P`, or at the start of the next segment
 //! when the damaged entry was the segment's last. The first valid entry found
 //! there is followed along its chain. A batch whose offsets a partition has
-//! already passed (or of an unknown topic) is stale, and ends the search:
-//! nothing live lies beyond stale bytes.
+//! already passed (or of an unknown topic), or appended before the newest
+//! batch already recovered from the same segment, is stale, and ends the
+//! search: nothing live lies beyond stale bytes. (A reused segment's old
+//! entries were all written before it was released, so before anything
+//! of its new life.)
 
 use super::scan::{entry_at, following_entry};
 use super::Tables;
@@ -49,16 +52,21 @@ pub(super) struct Resume {
 
 /// Is the entry live data of this log (`Some(true)`), stale (`Some(false)`),
 /// or undecided (control entries that prove nothing either way)?
-fn is_live(header: &EntryHeader, entry: &[u8], tables: &Tables) -> Option<bool> {
+fn is_live(header: &EntryHeader, entry: &[u8], segment_base: u64, tables: &Tables) -> Option<bool> {
     match header.kind {
         EntryKind::Batch => {
             let batch = batch_header(entry);
-            Some(
-                tables
-                    .partitions
-                    .get(&(header.topic_id, header.partition))
-                    .is_some_and(|p| batch.base_offset >= p.next_offset),
-            )
+            let continues = tables
+                .partitions
+                .get(&(header.topic_id, header.partition))
+                .is_some_and(|p| batch.base_offset >= p.next_offset);
+            let not_older = match tables.newest_batch {
+                Some((position, time_ms)) if position >= segment_base => {
+                    batch.append_time_ms >= time_ms
+                }
+                _ => true,
+            };
+            Some(continues && not_older)
         }
         EntryKind::CatalogSnapshot => {
             let snapshot = Snapshot::decode(&entry[ENTRY_HEADER_LEN..])?;
@@ -94,7 +102,7 @@ async fn chain_proves<F: DiskFile>(
             return Ok(None);
         };
         let position = segment.base + at;
-        match is_live(&header, &entry, tables) {
+        match is_live(&header, &entry, segment.base, tables) {
             Some(false) => return Ok(Some(false)),
             Some(true) if header.durable_claim(position).is_some_and(|d| d > damaged) => {
                 return Ok(Some(true))

@@ -53,6 +53,8 @@ struct Tables {
     allow_gaps: bool,
     /// (topic id, partition, first lost offset, first offset after them).
     gaps: Vec<(u32, u32, u64, u64)>,
+    /// (log position, append time) of the newest batch applied.
+    newest_batch: Option<(u64, i64)>,
 }
 
 impl Tables {
@@ -92,6 +94,7 @@ impl Tables {
                         batch.append_time_ms,
                     );
                     p.next_offset = batch.next_offset();
+                    self.newest_batch = Some((position, batch.append_time_ms));
                 }
             }
             EntryKind::CreateTopic => {
@@ -148,6 +151,7 @@ pub(crate) async fn recover<D: Disk, C: Clock>(
         applied: 0,
         allow_gaps: false,
         gaps: Vec::new(),
+        newest_batch: None,
     };
     let quarantine_dir = log_dir
         .parent()
