@@ -305,6 +305,48 @@ fn a_corrupt_checkpoint_falls_back_to_scanning_the_log() {
     });
 }
 
+/// No usable checkpoint and a damaged first snapshot, the one entry that
+/// seeds a scan from scratch: the segments are never discarded. The shard
+/// refuses to start; a repair quarantines the first segment and rebuilds
+/// from the next one's snapshot.
+#[test]
+fn an_unusable_checkpoint_and_a_damaged_first_snapshot_discard_nothing() {
+    let disk = MemDisk::new(5);
+    let clock = ManualClock::new(0);
+    block_on(async {
+        let engine = open(&disk, &clock, 32 << 10).await;
+        engine
+            .create_topic(topic("x", 1, Durability::Always))
+            .await
+            .unwrap();
+        for i in 0..80u32 {
+            engine
+                .append("x", 0, &batch(1, 700, 0, i as u8))
+                .await
+                .unwrap();
+        }
+        engine.close().await.unwrap();
+        let segments = disk.files_in(Path::new(LOG));
+        assert!(segments.len() >= 3);
+        disk.corrupt(Path::new("/data/shard-0/index/checkpoint"), 40);
+        disk.corrupt(&segment0(), 40); // inside the leading snapshot
+        let error = open_err(&disk, &clock, 32 << 10).await;
+        assert!(matches!(error, StorageError::Corruption { .. }), "{error}");
+        assert_eq!(disk.files_in(Path::new(LOG)), segments, "nothing deleted");
+        let engine = open_repairing(&disk, &clock, 32 << 10).await;
+        assert_eq!(engine.high_watermark("x", 0).unwrap(), 80);
+        let start = engine.log_start_offset("x", 0).unwrap();
+        assert!(
+            start > 0 && start < 80,
+            "only the first segment is lost: {start}"
+        );
+        assert_eq!(
+            values(&engine, "x").await,
+            (start..80).map(|o| (o, o as u8)).collect::<Vec<_>>()
+        );
+    });
+}
+
 #[test]
 fn bit_flips_on_read_are_never_served() {
     let disk = MemDisk::new(5);

@@ -252,9 +252,12 @@ pub(crate) async fn recover<D: Disk, C: Clock>(
             let outcome = scan_segment(segment, position, &mut chain, &mut tables, config).await?;
             end = outcome.end;
             end_index = Some(i);
-            let next_chains = match segments.get(i + 1) {
-                Some(next) => scan::first_entry_chains(next, chain).await?,
-                None => false,
+            // Only a segment that ends cleanly continues into the next one
+            // (with no chain yet, any first entry would "chain": a damaged
+            // first snapshot must not skip its segment unreported).
+            let next_chains = match (&outcome.reason, segments.get(i + 1)) {
+                (ScanEnd::Clean, Some(next)) => scan::first_entry_chains(next, chain).await?,
+                _ => false,
             };
             if next_chains {
                 i += 1;
@@ -274,8 +277,24 @@ pub(crate) async fn recover<D: Disk, C: Clock>(
                         }),
                     None => {
                         let max_entry = config.max_batch_bytes as u64 + ENTRY_HEADER_LEN as u64;
-                        let found =
-                            damage::find_resume(&segments, i, end, &tables, max_entry).await?;
+                        // Without a checkpoint the first segment's leading
+                        // snapshot seeds everything: if it is damaged while
+                        // later segments exist, nothing can tell live from
+                        // stale, and truncating here would delete every
+                        // segment. Treat it as damage; a repair resumes at
+                        // the next segment's snapshot.
+                        let unseeded = tables.from_scratch
+                            && tables.applied == 0
+                            && end == segment.base
+                            && i + 1 < segments.len();
+                        let found = if unseeded {
+                            Some(damage::Resume {
+                                segment: i + 1,
+                                position: segments[i + 1].base,
+                            })
+                        } else {
+                            damage::find_resume(&segments, i, end, &tables, max_entry).await?
+                        };
                         if let Some(resume) = found {
                             damaged.push(Damaged {
                                 file: shown(&log_dir.join(segment_file_name(segment.base))),
