@@ -236,3 +236,160 @@ fn verify_finds_every_acknowledged_message_and_flags_tampering() {
         (Some(1), Some(1))
     );
 }
+
+fn help(subcommand: &str) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_coremq-loadgen"))
+        .args([subcommand, "--help"])
+        .output()
+        .expect("run coremq-loadgen --help");
+    assert!(output.status.success());
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn subcommands_list_only_the_flags_they_use() {
+    for (subcommand, foreign) in [
+        (
+            "consume",
+            &["--rate", "--ack-log", "--messages", "--drain", "--slot-us"][..],
+        ),
+        (
+            "e2e",
+            &["--ack-log", "--in-flight", "--prefill", "--fetch-bytes"],
+        ),
+        (
+            "produce",
+            &["--prefill", "--fetch-bytes", "--verify-crc", "--drain"],
+        ),
+        (
+            "verify",
+            &[
+                "--spawn-broker",
+                "--msg-size",
+                "--producers",
+                "--batch",
+                "--duration",
+                "--check",
+                "--topic",
+            ],
+        ),
+        ("quickstart", &["--json", "--check", "--rate", "--ack-log"]),
+    ] {
+        let text = help(subcommand);
+        let flags: Vec<&str> = text
+            .lines()
+            .filter_map(|line| line.trim_start().split([' ', ',']).next())
+            .filter(|word| word.starts_with("--"))
+            .collect();
+        for flag in foreign {
+            assert!(
+                !flags.contains(flag),
+                "`{subcommand} --help` lists {flag}, which it does not use:\n{text}"
+            );
+        }
+    }
+    assert!(help("consume").contains("--prefill <N>"));
+    assert!(help("produce").contains("--no-shard-aware"));
+}
+
+fn forwarded_requests(json: &Value) -> u64 {
+    json["broker_shards"]
+        .as_array()
+        .expect("broker_shards")
+        .iter()
+        .map(|shard| {
+            shard["counters"]["forwarded_requests"]
+                .as_u64()
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+#[test]
+fn consume_reads_back_a_topic_that_already_holds_data() {
+    let Some(binary) = broker_binary() else {
+        return;
+    };
+    let broker = Broker::start(&binary);
+    let mut command = loadgen(&binary);
+    command.args([
+        "produce",
+        "--broker",
+        &broker.addr,
+        "--topic",
+        "existing",
+        "--partitions",
+        "3",
+        "--messages",
+        "6000",
+        "--batch",
+        "200",
+        "--json",
+    ]);
+    let (output, json) = run(command);
+    assert!(output.status.success());
+    assert_eq!(json.expect("produce JSON")["messages"], 6000);
+
+    // Twice: reading does not consume anything.
+    for _ in 0..2 {
+        let mut command = loadgen(&binary);
+        command.args([
+            "consume",
+            "--broker",
+            &broker.addr,
+            "--topic",
+            "existing",
+            "--prefill",
+            "0",
+            "--verify-crc",
+            "--json",
+        ]);
+        let (output, json) = run(command);
+        assert!(output.status.success(), "exit {:?}", output.status);
+        let json = json.expect("consume JSON");
+        assert_eq!(json["messages"], 6000, "every stored message read back");
+        assert_eq!(json["errors"], 0);
+        assert_eq!(json["prefill"]["messages"], 0, "nothing produced");
+    }
+}
+
+#[test]
+fn no_shard_aware_sends_every_request_to_the_main_port_and_the_broker_forwards() {
+    let Some(broker) = broker_binary() else {
+        return;
+    };
+    let workloads: [&[&str]; 2] = [
+        &["produce", "--messages", "8000"],
+        &["consume", "--prefill", "8000", "--verify-crc"],
+    ];
+    for workload in workloads {
+        for shard_aware in [true, false] {
+            let mut command = loadgen(&broker);
+            command.args(workload).args([
+                "--spawn-broker",
+                "--shards",
+                "2",
+                "--partitions",
+                "4",
+                "--batch",
+                "200",
+                "--json",
+            ]);
+            if !shard_aware {
+                command.arg("--no-shard-aware");
+            }
+            let (output, json) = run(command);
+            assert!(output.status.success(), "{workload:?}: {:?}", output.status);
+            let json = json.expect("JSON");
+            assert_eq!(json["messages"], 8000, "{workload:?}");
+            assert_eq!(json["errors"], 0, "{workload:?}");
+            let forwarded = forwarded_requests(&json);
+            if shard_aware {
+                assert_eq!(forwarded, 0, "{workload:?}: shard-aware requests hop");
+            } else {
+                // Requests for half the partitions land on the other shard.
+                assert!(forwarded >= 8000 / 200 / 2, "{workload:?}: {forwarded}");
+            }
+        }
+    }
+}
