@@ -46,12 +46,17 @@ fn run(mut command: Command) -> (Output, Option<Value>) {
 struct Broker {
     child: Child,
     addr: String,
-    _dir: tempfile::TempDir,
+    /// Taken out for a restart on the same data dir.
+    dir: Option<tempfile::TempDir>,
 }
 
 impl Broker {
     fn start(binary: &Path) -> Broker {
-        let dir = tempfile::tempdir().expect("temp dir");
+        Broker::start_in(binary, tempfile::tempdir().expect("temp dir"))
+    }
+
+    /// Starts on `dir` (a restart when it already holds data).
+    fn start_in(binary: &Path, dir: tempfile::TempDir) -> Broker {
         let mut child = Command::new(binary)
             .args([
                 "--shards",
@@ -75,7 +80,7 @@ impl Broker {
         Broker {
             child,
             addr,
-            _dir: dir,
+            dir: Some(dir),
         }
     }
 }
@@ -392,4 +397,82 @@ fn no_shard_aware_sends_every_request_to_the_main_port_and_the_broker_forwards()
             }
         }
     }
+}
+
+/// `kill -9` while `produce --no-shard-aware` runs (every request to the
+/// main port, those for the other shard's partitions forwarded), then a
+/// restart on the same data dir: `verify` finds every acknowledged message.
+#[test]
+fn kill_9_during_a_forwarded_produce_loses_no_acknowledged_message() {
+    let Some(binary) = broker_binary() else {
+        return;
+    };
+    let mut broker = Broker::start(&binary);
+    let dir = tempfile::tempdir().unwrap();
+    let ack_log = dir.path().join("acks.log");
+    let mut command = loadgen(&binary);
+    command
+        .args([
+            "produce",
+            "--broker",
+            &broker.addr,
+            "--no-shard-aware",
+            "--topic",
+            "forwarded",
+            "--partitions",
+            "4",
+            "--duration",
+            "60s",
+            "--batch",
+            "100",
+            "--in-flight",
+            "4",
+            "--json",
+            "--ack-log",
+        ])
+        .arg(&ack_log)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let producer = command.spawn().expect("start coremq-loadgen");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::fs::read_to_string(&ack_log).map_or(0, |t| t.lines().count()) < 20_000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "acks did not reach 20000"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    broker.child.kill().expect("kill -9 the broker");
+    broker.child.wait().expect("wait");
+    let output = producer.wait_with_output().expect("loadgen exits");
+    let json: Value = serde_json::from_slice(&output.stdout).expect("produce JSON");
+    assert_eq!(json["broker_gone"], true, "{json}");
+    let acknowledged = std::fs::read_to_string(&ack_log).unwrap().lines().count();
+    assert_eq!(json["ack_log_lines"].as_u64(), Some(acknowledged as u64));
+
+    let data_dir = broker.dir.take().expect("the broker's data dir");
+    drop(broker);
+    let restarted = Broker::start_in(&binary, data_dir);
+    let mut command = loadgen(&binary);
+    command
+        .args([
+            "verify",
+            "--broker",
+            &restarted.addr,
+            "--no-shard-aware",
+            "--json",
+            "--ack-log",
+        ])
+        .arg(&ack_log);
+    let (output, json) = run(command);
+    assert!(output.status.success());
+    let json = json.unwrap();
+    assert_eq!(
+        (
+            json["checked"].as_u64(),
+            json["lost"].as_u64(),
+            json["corrupt"].as_u64()
+        ),
+        (Some(acknowledged as u64), Some(0), Some(0))
+    );
 }
