@@ -4,6 +4,7 @@
 //! --workspace` builds it); the tests skip, saying so, only when it does not exist.
 
 use serde_json::Value;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
@@ -14,7 +15,9 @@ fn broker_binary() -> Option<PathBuf> {
     if candidate.is_file() {
         Some(candidate)
     } else {
-        eprintln!(
+        // Straight to stderr: cargo captures eprintln! of a passing test.
+        let _ = writeln!(
+            std::io::stderr(),
             "SKIPPED: broker binary {} does not exist (build it with `cargo build --bin coremq`)",
             candidate.display()
         );
