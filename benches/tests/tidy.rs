@@ -62,7 +62,7 @@ fn array<'a>(value: &'a Value, field: &str) -> &'a Vec<Value> {
         .unwrap_or_else(|| panic!("cargo metadata: `{field}` is not an array"))
 }
 
-/// Which of our crates each crate may depend on (DESIGN.md's crate map).
+/// Which of our crates each crate may depend on (the crate map in docs/design.md).
 /// `dev` lists the extra crates its tests and benches may use.
 const ALLOWED: [(&str, &[&str], &[&str]); 6] = [
     ("coremq-wire", &[], &[]),
@@ -93,7 +93,7 @@ fn dependency_graph_follows_the_crate_map() {
         let name = str_field(package, "name");
         let Some((normal, dev)) = allowed.get(name) else {
             problems.push(format!(
-                "{name} is not in the crate map: add it to DESIGN.md and to ALLOWED in benches/tests/tidy.rs"
+                "{name} is not in the crate map: add it to docs/design.md and to ALLOWED in benches/tests/tidy.rs"
             ));
             continue;
         };
@@ -388,6 +388,83 @@ fn skips_in_tests_are_visible() {
         problems.is_empty(),
         "a skip reported with println!/eprintln! is captured by cargo and never shown: write it \
          to std::io::stderr() directly (see skip() in benches/tests/tidy.rs):\n  {}",
+        problems.join("\n  ")
+    );
+}
+
+fn markdown_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let entries = fs::read_dir(dir).unwrap_or_else(|e| panic!("read {}: {e}", dir.display()));
+    for entry in entries {
+        let path = entry.expect("directory entry").path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if name.starts_with('.') || name == "target" {
+            continue;
+        }
+        if path.is_dir() {
+            markdown_files(&path, out);
+        } else if name.ends_with(".md") {
+            out.push(path);
+        }
+    }
+}
+
+/// Relative link targets in a markdown text: `[text](target)`, without
+/// `#anchors`; web links and pure anchors are left out.
+fn relative_links(text: &str) -> Vec<&str> {
+    text.match_indices("](")
+        .filter_map(|(at, _)| {
+            let rest = &text[at + 2..];
+            let target = &rest[..rest.find(')')?];
+            let target = target.split('#').next().unwrap_or_default();
+            let web = target.contains("://") || target.starts_with("mailto:");
+            (!web && !target.is_empty()).then_some(target)
+        })
+        .collect()
+}
+
+#[test]
+fn link_scanner_finds_relative_links() {
+    let text = "[a](docs/a.md) [b](https://x.org) [c](#here) [d](../x.md#y)";
+    assert_eq!(relative_links(text), vec!["docs/a.md", "../x.md"]);
+}
+
+/// A clone is all a reader has: every relative link in the repository's
+/// markdown resolves, and the README names no path outside the repository.
+#[test]
+fn documentation_links_work_in_a_clone() {
+    let root = workspace_root();
+    let mut files = Vec::new();
+    markdown_files(&root, &mut files);
+    assert!(files.len() >= 5, "markdown files: {files:?}");
+    let mut problems = Vec::new();
+    for file in &files {
+        let text = fs::read_to_string(file).expect("read markdown");
+        let dir = file.parent().expect("a file has a folder");
+        for target in relative_links(&text) {
+            let resolved = dir.join(target);
+            let inside = resolved
+                .canonicalize()
+                .is_ok_and(|path| path.starts_with(root.canonicalize().expect("root")));
+            if !inside {
+                problems.push(format!("{}: link to {target}", file.display()));
+            }
+        }
+    }
+    let readme = fs::read_to_string(root.join("README.md")).expect("read README.md");
+    for (number, line) in readme.lines().enumerate() {
+        if line.contains("../") || line.contains("shared/") {
+            problems.push(format!(
+                "README.md:{}: names a path outside the repository: {line}",
+                number + 1
+            ));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "links a clone cannot follow (put what a reader needs in docs/):\n  {}",
         problems.join("\n  ")
     );
 }
