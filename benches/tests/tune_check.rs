@@ -4,6 +4,7 @@
 //! second `--apply` changes nothing.
 
 use std::fs;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -218,7 +219,9 @@ fn irqs_stay_when_every_core_is_a_shard_core() {
     assert_eq!(read(root.path(), "proc/irq/36/smp_affinity_list"), "2");
 }
 
-/// shellcheck-clean, where shellcheck is installed (.ci/run installs it).
+/// shellcheck-clean, where shellcheck is installed (.ci/run installs it; a
+/// test installs nothing). Without it: a failure in CI (`CI` set), elsewhere
+/// a SKIPPED line on the terminal.
 #[test]
 fn tune_sh_passes_shellcheck() {
     let status = Command::new("shellcheck")
@@ -227,9 +230,22 @@ fn tune_sh_passes_shellcheck() {
         .status();
     match status {
         Ok(status) => assert!(status.success(), "shellcheck found problems (output above)"),
-        Err(error) if std::env::var_os("CI").is_some() => {
-            panic!("shellcheck is not runnable in CI ({error}): .ci/run should install it")
+        Err(error) => {
+            let reason = format!(
+                "shellcheck is not runnable here ({error}); install it (Debian: \
+                 `apt-get install shellcheck`), as .ci/run does"
+            );
+            assert!(!in_ci(), "tune_sh_passes_shellcheck: {reason}");
+            // Straight to stderr: cargo captures eprintln! of a passing test.
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED tune_sh_passes_shellcheck: {reason}"
+            );
         }
-        Err(error) => eprintln!("skipped: shellcheck not runnable here ({error})"),
     }
+}
+
+/// CI services and .ci/run set `CI`; there a missing tool is a failure.
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|value| !value.is_empty() && value != "false" && value != "0")
 }

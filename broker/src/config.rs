@@ -15,57 +15,64 @@ use std::time::Duration;
 pub struct Args {
     /// TOML file with any of the settings below (keys use underscores, e.g.
     /// `data_dir = "/var/lib/coremq"`). Command-line flags override it.
+    /// [default: none]
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
     /// Where the commit logs, indexes and topic catalog live (one `shard-<i>`
     /// folder per shard). Must be on a real file system (O_DIRECT), not tmpfs.
+    /// [default: ./coremq-data]
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 
     /// Main address. Every shard accepts here (SO_REUSEPORT); shard i also
     /// listens on port + 1 + i. Port 0 picks free ports (printed at start).
+    /// [default: 127.0.0.1:9092]
     #[arg(long, value_name = "HOST:PORT")]
     pub listen: Option<SocketAddr>,
 
-    /// Number of shards (one per core, pinned). Default: every core this
-    /// process may run on.
+    /// Number of shards (one per core, pinned).
+    /// [default: every core this process may run on]
     #[arg(long, value_name = "N")]
     pub shards: Option<u16>,
 
     /// Default durability for topics: `always` (ack after fdatasync, group
     /// commit), `interval:MS` (ack after write, fdatasync every MS), `never`.
+    /// [default: always]
     #[arg(long, value_name = "POLICY")]
     pub fsync: Option<String>,
 
     /// Size of each commit-log segment file, in bytes.
+    /// [default: 1073741824 (1 GiB)]
     #[arg(long, value_name = "BYTES")]
     pub segment_bytes: Option<u64>,
 
     /// Largest frame a client may send, in bytes (bigger ones are refused and
-    /// the connection closed).
+    /// the connection closed). [default: 67108864 (64 MiB)]
     #[arg(long, value_name = "BYTES")]
     pub max_frame_bytes: Option<u32>,
 
-    /// Largest record batch accepted, in bytes.
+    /// Largest record batch accepted, in bytes. [default: 16777216 (16 MiB)]
     #[arg(long, value_name = "BYTES")]
     pub max_batch_bytes: Option<usize>,
 
     /// Open connections allowed per shard; more are closed at accept.
+    /// [default: 10000]
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
 
     /// Requests one connection may have in flight before the broker stops
-    /// reading from it (backpressure).
+    /// reading from it (backpressure). [default: 256]
     #[arg(long, value_name = "N")]
     pub max_in_flight_per_connection: Option<usize>,
 
     /// Bytes of recently written log kept in memory per shard for readers.
+    /// [default: 67108864 (64 MiB)]
     #[arg(long, value_name = "BYTES")]
     pub read_cache_bytes: Option<usize>,
 
     /// Spin this many microseconds before an idle shard parks (lower latency,
-    /// burns CPU). 0 disables.
+    /// burns CPU). 0 disables. [default: 0]
     #[arg(long, value_name = "US")]
     pub spin_before_park_us: Option<u64>,
 

@@ -8,7 +8,15 @@ use std::collections::BTreeMap;
 
 #[test]
 fn kill_9_under_load_loses_no_acknowledged_record() {
-    kill_9_under_load(None);
+    kill_9_under_load(None, Route::Owner);
+}
+
+/// Every produce goes to the port of a shard that does not own its
+/// partition, so every one is forwarded over the mesh and acknowledged
+/// through it (what `coremq-loadgen --no-shard-aware` does to half of them).
+#[test]
+fn kill_9_with_every_request_forwarded_loses_no_acknowledged_record() {
+    kill_9_under_load(None, Route::OtherShard);
 }
 
 /// The same with size retention and small segments, so that segments are
@@ -16,10 +24,17 @@ fn kill_9_under_load_loses_no_acknowledged_record() {
 /// runs and when the broker dies: recovery must serve only acknowledged data.
 #[test]
 fn kill_9_while_segments_are_reused_loses_no_acknowledged_record() {
-    kill_9_under_load(Some(2 << 20));
+    kill_9_under_load(Some(2 << 20), Route::Owner);
 }
 
-fn kill_9_under_load(retention_bytes: Option<i64>) {
+/// Which shard's port the writers send a partition's produces to.
+#[derive(Clone, Copy, PartialEq)]
+enum Route {
+    Owner,
+    OtherShard,
+}
+
+fn kill_9_under_load(retention_bytes: Option<i64>, route: Route) {
     // 8 MiB segments (the harness); with 2 MiB retention per partition they
     // are released and reused within a second or two.
     let mut broker = Broker::start(2, &[]);
@@ -32,7 +47,13 @@ fn kill_9_under_load(retention_bytes: Option<i64>) {
 
     // Several connections produce with requests in flight; record every ack.
     let addresses: Vec<_> = (0..4)
-        .map(|p| broker.shard_address(coremq_wire::shard_for("durable", p, 2)))
+        .map(|p| {
+            let owner = coremq_wire::shard_for("durable", p, 2);
+            match route {
+                Route::Owner => broker.shard_address(owner),
+                Route::OtherShard => broker.shard_address((owner + 1) % 2),
+            }
+        })
         .collect();
     let writers: Vec<_> = (0..4u32)
         .map(|partition| {
@@ -92,6 +113,10 @@ fn kill_9_under_load(retention_bytes: Option<i64>) {
             );
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
+    }
+    let forwarded = admin.counter("forwarded_requests");
+    if route == Route::OtherShard {
+        assert!(forwarded > 100, "produces were forwarded: {forwarded}");
     }
     broker.kill9();
     let acked: Vec<Vec<(u64, Vec<u8>)>> = writers.into_iter().map(|w| w.join().unwrap()).collect();

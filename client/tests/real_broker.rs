@@ -5,6 +5,7 @@ use coremq_client::{
     Admin, Client, Consumer, ErrorCode, OffsetReset, OffsetSpec, Producer, Record, TopicConfig,
 };
 use futures::StreamExt;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -15,7 +16,9 @@ fn broker_binary() -> Option<PathBuf> {
     if candidate.is_file() {
         Some(candidate)
     } else {
-        eprintln!(
+        // Straight to stderr: cargo captures eprintln! of a passing test.
+        let _ = writeln!(
+            std::io::stderr(),
             "SKIPPED: broker binary {} does not exist (build it with `cargo build --bin coremq`)",
             candidate.display()
         );

@@ -192,14 +192,15 @@ fn listening_address(log: &Path) -> Option<String> {
 }
 
 /// The part of a failed broker's log that explains the failure: from the
-/// first error line on (an anyhow report with a backtrace can be long, and
-/// the reason is at its top), or the last lines when there is none.
+/// first error line on (`coremq` ends with one `error: ...` line; an ERROR
+/// log line or a panic may come before it), or the last lines when there is
+/// none.
 fn excerpt(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     let first_error = lines
         .iter()
-        .position(|l| l.starts_with("Error:") || l.contains("ERROR") || l.contains("panicked"));
+        .position(|l| l.starts_with("error:") || l.contains("ERROR") || l.contains("panicked"));
     match first_error {
         Some(at) => lines[at..lines.len().min(at + 40)].join("\n"),
         None => tail(path),

@@ -1,9 +1,11 @@
 //! `consume`: pre-fills the topic, then reads back what was written, one
 //! fetch loop per partition, counting records from batch headers (no
-//! per-record decoding). Latency = fetch request → response.
+//! per-record decoding). Latency = fetch request → response. With
+//! `--prefill 0` it writes nothing and reads what the topic already holds,
+//! from each partition's log start to its end.
 
 use crate::args::ConsumeArgs;
-use crate::produce::{base_report, fill_report, produce_load, ProduceSpec};
+use crate::produce::{base_report, fill_report, produce_load, ProduceOutcome, ProduceSpec};
 use crate::report::{new_histogram, Report};
 use crate::setup::Session;
 use anyhow::{Context, Result};
@@ -16,24 +18,29 @@ use std::time::{Duration, Instant};
 pub const DEFAULT_PREFILL: u64 = 500_000;
 
 pub async fn run(args: ConsumeArgs) -> Result<ExitCode> {
-    let common = &args.common;
+    let common = &args.common();
     let session = Session::open(common).await?;
-    let prefill = args.prefill.or(common.messages).unwrap_or(DEFAULT_PREFILL);
+    let prefill = args.prefill;
     let mut spec = ProduceSpec::from_common(common, session.partitions);
     spec.messages = Some(prefill);
     spec.duration = None;
-    let starts = offsets(
-        &session.client,
-        &spec.topic,
-        session.partitions,
-        OffsetSpec::Latest,
-    )
-    .await?;
-    eprintln!(
-        "consume: pre-filling {prefill} messages of {} B",
-        spec.msg_size
-    );
-    let filled = produce_load(&session.client, &spec).await?;
+    // What the prefill writes is read back; without one, the whole topic.
+    let from = if prefill == 0 {
+        OffsetSpec::Earliest
+    } else {
+        OffsetSpec::Latest
+    };
+    let starts = offsets(&session.client, &spec.topic, session.partitions, from).await?;
+    let filled = if prefill == 0 {
+        eprintln!("consume: no prefill, reading what {:?} holds", spec.topic);
+        ProduceOutcome::default()
+    } else {
+        eprintln!(
+            "consume: pre-filling {prefill} messages of {} B",
+            spec.msg_size
+        );
+        produce_load(&session.client, &spec).await?
+    };
     let mut report = base_report("consume", common, &session, &spec);
     let mut produce_report = Report::default();
     fill_report(&mut produce_report, &filled, "produce");
@@ -71,9 +78,16 @@ pub async fn run(args: ConsumeArgs) -> Result<ExitCode> {
         limit,
     )
     .await;
+    // Payload bytes of what the prefill wrote; a topic read as found has
+    // payloads of unknown size, so its batch bytes stand in for them.
+    let payload_bytes = if prefill == 0 {
+        outcome.bytes
+    } else {
+        outcome.records * spec.msg_size as u64
+    };
     report.set_throughput(
         outcome.records,
-        outcome.records * spec.msg_size as u64,
+        payload_bytes,
         outcome.elapsed.as_secs_f64(),
     );
     report

@@ -45,7 +45,7 @@ struct Counters {
 }
 
 pub async fn run(args: E2eArgs) -> Result<ExitCode> {
-    let common = &args.common;
+    let common = &args.common();
     let mut session = Session::open(common).await?;
     let run_started = Instant::now();
     let cpu_at_start = crate::report::process_cpu_seconds();

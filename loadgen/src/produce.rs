@@ -94,7 +94,7 @@ struct TaskResult {
 }
 
 pub async fn run(args: ProduceArgs) -> Result<ExitCode> {
-    let common = &args.common;
+    let common = &args.common();
     let mut session = Session::open(common).await?;
     let mut spec = ProduceSpec::from_common(common, session.partitions);
     spec.ack_log = args.ack_log.clone();

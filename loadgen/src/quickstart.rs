@@ -12,16 +12,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 pub async fn run(args: QuickstartArgs) -> Result<ExitCode> {
-    let mut common = args.common;
-    if common.broker.is_none() {
-        common.spawn_broker = true;
-    }
-    if common.topic == "loadgen" {
-        common.topic = "quickstart".into();
-    }
-    if common.duration.is_none() && common.messages.is_none() {
-        common.duration = Some(Duration::from_secs(3));
-    }
+    let common = args.common();
     let session = Session::open(&common).await?;
     let spec = ProduceSpec::from_common(&common, session.partitions);
     let starts = offsets(

@@ -3,8 +3,8 @@
 
 use crate::args::Common;
 use crate::broker::SpawnedBroker;
-use anyhow::{Context, Result};
-use coremq_client::{Admin, Client, TopicConfig};
+use anyhow::{bail, Context, Result};
+use coremq_client::{Admin, Client, ClientConfig, TopicConfig};
 
 pub const DEFAULT_BROKER: &str = "127.0.0.1:9092";
 
@@ -27,6 +27,9 @@ impl Session {
 
     /// Connects (or spawns) without touching topics.
     pub async fn connect(common: &Common) -> Result<Session> {
+        if !common.spawn_broker && !common.broker_arg.is_empty() {
+            bail!("--broker-arg is passed to a spawned broker: it needs --spawn-broker");
+        }
         let broker = if common.spawn_broker {
             let shards = common.shards.unwrap_or_else(default_shards);
             Some(SpawnedBroker::start(shards, &common.fsync, &common.broker_arg).await?)
@@ -40,7 +43,11 @@ impl Session {
                 .clone()
                 .unwrap_or_else(|| DEFAULT_BROKER.to_string()),
         };
-        let client = Client::connect(addr.clone())
+        let config = ClientConfig {
+            shard_aware: common.shard_aware,
+            ..ClientConfig::default()
+        };
+        let client = Client::connect_with(addr.clone(), config)
             .await
             .with_context(|| format!("connecting to the broker at {addr}"))?;
         let admin = Admin::new(client.clone());

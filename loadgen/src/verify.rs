@@ -23,7 +23,7 @@ pub struct Tally {
 }
 
 pub async fn run(args: VerifyArgs) -> Result<ExitCode> {
-    let common = &args.common;
+    let common = &args.common();
     let (acked, lines) = acklog::read(&args.ack_log)?;
     let session = Session::connect(common).await?;
     eprintln!(

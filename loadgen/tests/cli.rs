@@ -4,6 +4,7 @@
 //! --workspace` builds it); the tests skip, saying so, only when it does not exist.
 
 use serde_json::Value;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
@@ -14,7 +15,9 @@ fn broker_binary() -> Option<PathBuf> {
     if candidate.is_file() {
         Some(candidate)
     } else {
-        eprintln!(
+        // Straight to stderr: cargo captures eprintln! of a passing test.
+        let _ = writeln!(
+            std::io::stderr(),
             "SKIPPED: broker binary {} does not exist (build it with `cargo build --bin coremq`)",
             candidate.display()
         );
@@ -46,12 +49,17 @@ fn run(mut command: Command) -> (Output, Option<Value>) {
 struct Broker {
     child: Child,
     addr: String,
-    _dir: tempfile::TempDir,
+    /// Taken out for a restart on the same data dir.
+    dir: Option<tempfile::TempDir>,
 }
 
 impl Broker {
     fn start(binary: &Path) -> Broker {
-        let dir = tempfile::tempdir().expect("temp dir");
+        Broker::start_in(binary, tempfile::tempdir().expect("temp dir"))
+    }
+
+    /// Starts on `dir` (a restart when it already holds data).
+    fn start_in(binary: &Path, dir: tempfile::TempDir) -> Broker {
         let mut child = Command::new(binary)
             .args([
                 "--shards",
@@ -75,7 +83,7 @@ impl Broker {
         Broker {
             child,
             addr,
-            _dir: dir,
+            dir: Some(dir),
         }
     }
 }
@@ -234,5 +242,240 @@ fn verify_finds_every_acknowledged_message_and_flags_tampering() {
     assert_eq!(
         (json["lost"].as_u64(), json["corrupt"].as_u64()),
         (Some(1), Some(1))
+    );
+}
+
+fn help(subcommand: &str) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_coremq-loadgen"))
+        .args([subcommand, "--help"])
+        .output()
+        .expect("run coremq-loadgen --help");
+    assert!(output.status.success());
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn subcommands_list_only_the_flags_they_use() {
+    for (subcommand, foreign) in [
+        (
+            "consume",
+            &["--rate", "--ack-log", "--messages", "--drain", "--slot-us"][..],
+        ),
+        (
+            "e2e",
+            &["--ack-log", "--in-flight", "--prefill", "--fetch-bytes"],
+        ),
+        (
+            "produce",
+            &["--prefill", "--fetch-bytes", "--verify-crc", "--drain"],
+        ),
+        (
+            "verify",
+            &[
+                "--spawn-broker",
+                "--msg-size",
+                "--producers",
+                "--batch",
+                "--duration",
+                "--check",
+                "--topic",
+            ],
+        ),
+        ("quickstart", &["--json", "--check", "--rate", "--ack-log"]),
+    ] {
+        let text = help(subcommand);
+        let flags: Vec<&str> = text
+            .lines()
+            .filter_map(|line| line.trim_start().split([' ', ',']).next())
+            .filter(|word| word.starts_with("--"))
+            .collect();
+        for flag in foreign {
+            assert!(
+                !flags.contains(flag),
+                "`{subcommand} --help` lists {flag}, which it does not use:\n{text}"
+            );
+        }
+    }
+    assert!(help("consume").contains("--prefill <N>"));
+    assert!(help("produce").contains("--no-shard-aware"));
+}
+
+fn forwarded_requests(json: &Value) -> u64 {
+    json["broker_shards"]
+        .as_array()
+        .expect("broker_shards")
+        .iter()
+        .map(|shard| {
+            shard["counters"]["forwarded_requests"]
+                .as_u64()
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+#[test]
+fn consume_reads_back_a_topic_that_already_holds_data() {
+    let Some(binary) = broker_binary() else {
+        return;
+    };
+    let broker = Broker::start(&binary);
+    let mut command = loadgen(&binary);
+    command.args([
+        "produce",
+        "--broker",
+        &broker.addr,
+        "--topic",
+        "existing",
+        "--partitions",
+        "3",
+        "--messages",
+        "6000",
+        "--batch",
+        "200",
+        "--json",
+    ]);
+    let (output, json) = run(command);
+    assert!(output.status.success());
+    assert_eq!(json.expect("produce JSON")["messages"], 6000);
+
+    // Twice: reading does not consume anything.
+    for _ in 0..2 {
+        let mut command = loadgen(&binary);
+        command.args([
+            "consume",
+            "--broker",
+            &broker.addr,
+            "--topic",
+            "existing",
+            "--prefill",
+            "0",
+            "--verify-crc",
+            "--json",
+        ]);
+        let (output, json) = run(command);
+        assert!(output.status.success(), "exit {:?}", output.status);
+        let json = json.expect("consume JSON");
+        assert_eq!(json["messages"], 6000, "every stored message read back");
+        assert_eq!(json["errors"], 0);
+        assert_eq!(json["prefill"]["messages"], 0, "nothing produced");
+    }
+}
+
+#[test]
+fn no_shard_aware_sends_every_request_to_the_main_port_and_the_broker_forwards() {
+    let Some(broker) = broker_binary() else {
+        return;
+    };
+    let workloads: [&[&str]; 2] = [
+        &["produce", "--messages", "8000"],
+        &["consume", "--prefill", "8000", "--verify-crc"],
+    ];
+    for workload in workloads {
+        for shard_aware in [true, false] {
+            let mut command = loadgen(&broker);
+            command.args(workload).args([
+                "--spawn-broker",
+                "--shards",
+                "2",
+                "--partitions",
+                "4",
+                "--batch",
+                "200",
+                "--json",
+            ]);
+            if !shard_aware {
+                command.arg("--no-shard-aware");
+            }
+            let (output, json) = run(command);
+            assert!(output.status.success(), "{workload:?}: {:?}", output.status);
+            let json = json.expect("JSON");
+            assert_eq!(json["messages"], 8000, "{workload:?}");
+            assert_eq!(json["errors"], 0, "{workload:?}");
+            let forwarded = forwarded_requests(&json);
+            if shard_aware {
+                assert_eq!(forwarded, 0, "{workload:?}: shard-aware requests hop");
+            } else {
+                // Requests for half the partitions land on the other shard.
+                assert!(forwarded >= 8000 / 200 / 2, "{workload:?}: {forwarded}");
+            }
+        }
+    }
+}
+
+/// `kill -9` while `produce --no-shard-aware` runs (every request to the
+/// main port, those for the other shard's partitions forwarded), then a
+/// restart on the same data dir: `verify` finds every acknowledged message.
+#[test]
+fn kill_9_during_a_forwarded_produce_loses_no_acknowledged_message() {
+    let Some(binary) = broker_binary() else {
+        return;
+    };
+    let mut broker = Broker::start(&binary);
+    let dir = tempfile::tempdir().unwrap();
+    let ack_log = dir.path().join("acks.log");
+    let mut command = loadgen(&binary);
+    command
+        .args([
+            "produce",
+            "--broker",
+            &broker.addr,
+            "--no-shard-aware",
+            "--topic",
+            "forwarded",
+            "--partitions",
+            "4",
+            "--duration",
+            "60s",
+            "--batch",
+            "100",
+            "--in-flight",
+            "4",
+            "--json",
+            "--ack-log",
+        ])
+        .arg(&ack_log)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let producer = command.spawn().expect("start coremq-loadgen");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::fs::read_to_string(&ack_log).map_or(0, |t| t.lines().count()) < 20_000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "acks did not reach 20000"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    broker.child.kill().expect("kill -9 the broker");
+    broker.child.wait().expect("wait");
+    let output = producer.wait_with_output().expect("loadgen exits");
+    let json: Value = serde_json::from_slice(&output.stdout).expect("produce JSON");
+    assert_eq!(json["broker_gone"], true, "{json}");
+    let acknowledged = std::fs::read_to_string(&ack_log).unwrap().lines().count();
+    assert_eq!(json["ack_log_lines"].as_u64(), Some(acknowledged as u64));
+
+    let data_dir = broker.dir.take().expect("the broker's data dir");
+    drop(broker);
+    let restarted = Broker::start_in(&binary, data_dir);
+    let mut command = loadgen(&binary);
+    command
+        .args([
+            "verify",
+            "--broker",
+            &restarted.addr,
+            "--no-shard-aware",
+            "--json",
+            "--ack-log",
+        ])
+        .arg(&ack_log);
+    let (output, json) = run(command);
+    assert!(output.status.success());
+    let json = json.unwrap();
+    assert_eq!(
+        (
+            json["checked"].as_u64(),
+            json["lost"].as_u64(),
+            json["corrupt"].as_u64()
+        ),
+        (Some(acknowledged as u64), Some(0), Some(0))
     );
 }
