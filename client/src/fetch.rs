@@ -6,7 +6,7 @@ use crate::conn::Body;
 use crate::error::{check_code, Error, Result};
 use bytes::Bytes;
 use coremq_wire::batch::{self, BatchHeader};
-use coremq_wire::fb;
+use coremq_wire::{fb, ErrorCode};
 use flatbuffers::FlatBufferBuilder;
 use std::time::Duration;
 
@@ -165,6 +165,15 @@ pub(crate) fn decode_fetch(body: Bytes, requested_offset: u64) -> Result<Fetched
         .results()
         .and_then(|r| r.iter().next())
         .ok_or_else(|| Error::Protocol("fetch response without results".into()))?;
+    if result.error() == ErrorCode::DataLoss.as_u16() {
+        return Err(Error::DataLoss {
+            topic: result.topic().unwrap_or_default().to_string(),
+            partition: result.partition(),
+            offset: requested_offset,
+            next_offset: result.next_offset(),
+            message: result.error_message().unwrap_or_default().to_string(),
+        });
+    }
     check_code(result.error(), result.error_message())?;
     let records = match result.records() {
         Some(records) => body.slice_ref(records.bytes()),

@@ -8,6 +8,9 @@
 //! clamped to an equal share of what fits in one response frame, and the
 //! response is trimmed at batch boundaries so it never exceeds
 //! `--max-frame-bytes`.
+//!
+//! A read that starts at a damaged stored batch is answered with `DataLoss`
+//! and `next_offset`, the first offset after the damage (docs/protocol.md).
 
 use super::{error_fields, invalid, Body, HandlerResult};
 use crate::context::ShardContext;
@@ -15,6 +18,7 @@ use crate::mesh::{PartitionFetch, RequestError};
 use coremq_wire::frame::FRAME_HEADER_LEN;
 use coremq_wire::{fb, ErrorCode};
 use flatbuffers::{FlatBufferBuilder, VerifierOptions};
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -136,7 +140,10 @@ fn fit_to_budget(
     let fixed_bytes: usize = names
         .iter()
         .zip(results.iter())
-        .map(|((topic, _), r)| partition_bytes(topic, error_fields(r).1))
+        .map(|((topic, _), r)| {
+            let (_, message, _) = result_fields(r);
+            partition_bytes(topic, message.as_deref())
+        })
         .sum();
     let Some(mut room_bytes) = budget_bytes.checked_sub(fixed_bytes) else {
         return Err(RequestError::new(
@@ -186,6 +193,27 @@ fn whole_batches_within(batches: &[u8], limit_bytes: usize) -> usize {
     kept
 }
 
+/// (error code, error message, next_offset) of one partition's result.
+fn result_fields(result: &FetchResult) -> (u16, Option<Cow<'_, str>>, u64) {
+    if let Ok(PartitionFetch {
+        data_loss: Some(loss),
+        ..
+    }) = result
+    {
+        let message = format!(
+            "{} damaged batch(es) from offset {} are not readable; next readable offset {}",
+            loss.batches, loss.offset, loss.next_offset
+        );
+        return (
+            ErrorCode::DataLoss.as_u16(),
+            Some(Cow::Owned(message)),
+            loss.next_offset,
+        );
+    }
+    let (error, message) = error_fields(result);
+    (error, message.map(Cow::Borrowed), 0)
+}
+
 fn encode(names: &[(&str, u32)], results: &[FetchResult]) -> Body {
     let total: usize = results
         .iter()
@@ -196,9 +224,9 @@ fn encode(names: &[(&str, u32)], results: &[FetchResult]) -> Body {
     );
     let mut entries = Vec::with_capacity(results.len());
     for ((topic, partition), result) in names.iter().zip(results) {
-        let (error, message) = error_fields(result);
+        let (error, message, next_offset) = result_fields(result);
         let topic = builder.create_string(topic);
-        let error_message = message.map(|m| builder.create_string(m));
+        let error_message = message.map(|m| builder.create_string(&m));
         let (records, high_watermark, log_start_offset) = match result {
             Ok(f) => (
                 Some(builder.create_vector(&f.batches)),
@@ -217,6 +245,7 @@ fn encode(names: &[(&str, u32)], results: &[FetchResult]) -> Body {
                 high_watermark,
                 log_start_offset,
                 records,
+                next_offset,
             },
         ));
     }

@@ -14,6 +14,7 @@ fn fetched(batches: &[Vec<u8>]) -> FetchResult {
         batches: batches.concat(),
         high_watermark: 10,
         log_start_offset: 0,
+        data_loss: None,
     })
 }
 
