@@ -251,6 +251,44 @@ mod tests {
     }
 
     #[test]
+    fn data_loss_carries_the_next_readable_offset() {
+        let mut b = FlatBufferBuilder::new();
+        let topic = b.create_string("t");
+        let message = b.create_string("damaged");
+        let result = fb::FetchPartitionResult::create(
+            &mut b,
+            &fb::FetchPartitionResultArgs {
+                topic: Some(topic),
+                partition: 3,
+                error: ErrorCode::DataLoss.as_u16(),
+                error_message: Some(message),
+                high_watermark: 30,
+                log_start_offset: 0,
+                records: None,
+                next_offset: 15,
+            },
+        );
+        let results = b.create_vector(&[result]);
+        let root = fb::FetchResponse::create(
+            &mut b,
+            &fb::FetchResponseArgs {
+                results: Some(results),
+            },
+        );
+        b.finish(root, None);
+        let body = Bytes::copy_from_slice(b.finished_data());
+        match decode_fetch(body, 13) {
+            Err(Error::DataLoss {
+                partition,
+                offset,
+                next_offset,
+                ..
+            }) => assert_eq!((partition, offset, next_offset), (3, 13, 15)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn corrupt_batches_are_reported() {
         let mut bytes = batch(0, 2);
         let last = bytes.len() - 1;
