@@ -1,7 +1,8 @@
 //! Record-batch hot paths of coremq-wire: what a producer pays to build a
-//! batch, what the broker pays once at ingress (`verify_batch`: header checks
-//! plus one CRC over the batch), and what a consumer pays to walk the records
-//! (`records_from`: CRC again, then bounds-checked record decoding).
+//! batch, what the broker pays once at ingress (`verify_batch`: header checks,
+//! one CRC over the batch, and a walk over every record's length fields), and
+//! what a consumer pays to walk the records (`records_from`: header and CRC
+//! again, then bounds-checked record decoding).
 //!
 //! Shape: 1000 records of 1 KiB values, 16-byte keys, no headers (~1.05 MB).
 //! Throughput is reported in bytes of the finished batch, so the figures
@@ -79,5 +80,34 @@ fn batch_benches(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, batch_benches);
+/// Ingress verification of the two shapes in docs/perf.md ("Ingress
+/// verification"): 100 records of 1 KiB and 1000 records of 100 B, 16-byte
+/// keys, one header per record (what the record walk has to skip).
+fn verify_benches(c: &mut Criterion) {
+    let mut group = c.benchmark_group("verify_batch");
+    for (records, value_bytes) in [(100usize, 1024usize), (1000, 100)] {
+        let value = vec![0x5a_u8; value_bytes];
+        let mut builder = BatchBuilder::with_capacity(records * (value_bytes + 64) + 64);
+        for i in 0..records {
+            let key = (i as u128).to_le_bytes();
+            builder
+                .push(
+                    1_700_000_000_000 + i as i64,
+                    Some(&key),
+                    &value,
+                    &[(b"trace", b"0123456789")],
+                )
+                .expect("record fits a batch");
+        }
+        let batch = builder.finish();
+        verify_batch(&batch).expect("the built batch verifies");
+        group.throughput(Throughput::Bytes(batch.len() as u64));
+        group.bench_function(format!("{records}x{value_bytes}B"), |b| {
+            b.iter(|| black_box(verify_batch(black_box(&batch)).expect("valid batch")))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, batch_benches, verify_benches);
 criterion_main!(benches);

@@ -197,12 +197,18 @@ impl ShardContext {
                 .fetch_us
                 .record(started.elapsed().as_micros() as u64);
             let now = Instant::now();
-            if !read.batches.is_empty() || now >= deadline || self.shutting_down.get() {
+            // Damage is answered at once: waiting would not repair it.
+            if !read.batches.is_empty()
+                || read.data_loss.is_some()
+                || now >= deadline
+                || self.shutting_down.get()
+            {
                 bump(&self.metrics.fetched_bytes, read.batches.len() as u64);
                 return Ok(PartitionFetch {
                     batches: read.batches,
                     high_watermark: read.high_watermark,
                     log_start_offset: read.log_start_offset,
+                    data_loss: read.data_loss,
                 });
             }
             let shutdown = self.shutdown.listen();
@@ -419,6 +425,10 @@ impl ShardContext {
                 ("disk_read_bytes".into(), storage.disk_read_bytes.get()),
                 ("read_ahead_hits".into(), storage.read_ahead_hits.get()),
                 ("segments_recycled".into(), storage.segments_recycled.get()),
+                (
+                    "corrupt_batches_skipped".into(),
+                    storage.corrupt_batches_skipped.get(),
+                ),
             ],
         };
         if reset {

@@ -47,6 +47,8 @@ pub struct PartitionFetch {
     pub batches: Vec<u8>,
     pub high_watermark: u64,
     pub log_start_offset: u64,
+    /// The read started at a damaged stored batch (answered as `DataLoss`).
+    pub data_loss: Option<coremq_shard::DataLoss>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

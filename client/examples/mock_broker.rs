@@ -386,6 +386,7 @@ fn fetch(broker: &Broker, wanted: &[(String, u32, u64, u32)]) -> Vec<u8> {
                 high_watermark: high,
                 log_start_offset: 0,
                 records: Some(records),
+                next_offset: 0,
             },
         ));
     }

@@ -23,11 +23,24 @@ pub enum OffsetReset {
     Fail,
 }
 
+/// What a record stream does when the broker answers `DataLoss` (a damaged
+/// stored batch it will never serve).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnDataLoss {
+    /// Log an error naming the lost range and go on at the broker's
+    /// `next_offset`: the damaged records cannot be read by anyone.
+    #[default]
+    Skip,
+    /// Yield the `Error::DataLoss` and end the stream.
+    Fail,
+}
+
 #[derive(Clone)]
 pub struct Consumer {
     client: Client,
     options: FetchOptions,
     reset: OffsetReset,
+    on_data_loss: OnDataLoss,
 }
 
 impl Consumer {
@@ -40,7 +53,14 @@ impl Consumer {
             client,
             options,
             reset: OffsetReset::default(),
+            on_data_loss: OnDataLoss::default(),
         }
+    }
+
+    /// What streams do when the broker reports damaged, unreadable records.
+    pub fn with_data_loss(mut self, on_data_loss: OnDataLoss) -> Consumer {
+        self.on_data_loss = on_data_loss;
+        self
     }
 
     /// What streams do when their offset falls behind the log start.
@@ -124,6 +144,26 @@ impl StreamState {
             }
             match self.fill().await {
                 Ok(()) => self.retry_wait = Duration::from_millis(50),
+                Err(Error::DataLoss {
+                    offset,
+                    next_offset,
+                    ref message,
+                    ..
+                }) if self.consumer.on_data_loss == OnDataLoss::Skip
+                    && offset == self.offset
+                    && next_offset > offset =>
+                {
+                    tracing::error!(
+                        topic = %self.topic,
+                        partition = self.partition,
+                        from = offset,
+                        to = next_offset,
+                        skipped = next_offset - offset,
+                        %message,
+                        "records lost to a damaged batch on the broker; skipping to the next readable offset"
+                    );
+                    self.offset = next_offset;
+                }
                 Err(error)
                     if error.code() == Some(ErrorCode::OffsetOutOfRange)
                         && self.consumer.reset == OffsetReset::Earliest =>

@@ -50,6 +50,17 @@ pub enum Error {
         partition: u32,
         partitions: u32,
     },
+    /// The broker holds a damaged batch at `offset` and never serves it:
+    /// records from `offset` up to `next_offset` are lost to readers, and
+    /// fetching `next_offset` goes on (record streams do so by default).
+    #[error("data loss in {topic:?} partition {partition} at offset {offset}, readable again from {next_offset}: {message}")]
+    DataLoss {
+        topic: String,
+        partition: u32,
+        offset: u64,
+        next_offset: u64,
+        message: String,
+    },
     /// A fetched batch failed its CRC or layout checks.
     #[error("corrupt data from the broker: {0}")]
     Corrupt(#[from] coremq_wire::BatchError),
@@ -63,6 +74,7 @@ impl Error {
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
             Error::Broker { code, .. } => Some(*code),
+            Error::DataLoss { .. } => Some(ErrorCode::DataLoss),
             _ => None,
         }
     }

@@ -6,7 +6,7 @@ use crate::conn::Body;
 use crate::error::{check_code, Error, Result};
 use bytes::Bytes;
 use coremq_wire::batch::{self, BatchHeader};
-use coremq_wire::fb;
+use coremq_wire::{fb, ErrorCode};
 use flatbuffers::FlatBufferBuilder;
 use std::time::Duration;
 
@@ -165,6 +165,15 @@ pub(crate) fn decode_fetch(body: Bytes, requested_offset: u64) -> Result<Fetched
         .results()
         .and_then(|r| r.iter().next())
         .ok_or_else(|| Error::Protocol("fetch response without results".into()))?;
+    if result.error() == ErrorCode::DataLoss.as_u16() {
+        return Err(Error::DataLoss {
+            topic: result.topic().unwrap_or_default().to_string(),
+            partition: result.partition(),
+            offset: requested_offset,
+            next_offset: result.next_offset(),
+            message: result.error_message().unwrap_or_default().to_string(),
+        });
+    }
     check_code(result.error(), result.error_message())?;
     let records = match result.records() {
         Some(records) => body.slice_ref(records.bytes()),
@@ -239,6 +248,44 @@ mod tests {
                 next_offset: 7
             }
         );
+    }
+
+    #[test]
+    fn data_loss_carries_the_next_readable_offset() {
+        let mut b = FlatBufferBuilder::new();
+        let topic = b.create_string("t");
+        let message = b.create_string("damaged");
+        let result = fb::FetchPartitionResult::create(
+            &mut b,
+            &fb::FetchPartitionResultArgs {
+                topic: Some(topic),
+                partition: 3,
+                error: ErrorCode::DataLoss.as_u16(),
+                error_message: Some(message),
+                high_watermark: 30,
+                log_start_offset: 0,
+                records: None,
+                next_offset: 15,
+            },
+        );
+        let results = b.create_vector(&[result]);
+        let root = fb::FetchResponse::create(
+            &mut b,
+            &fb::FetchResponseArgs {
+                results: Some(results),
+            },
+        );
+        b.finish(root, None);
+        let body = Bytes::copy_from_slice(b.finished_data());
+        match decode_fetch(body, 13) {
+            Err(Error::DataLoss {
+                partition,
+                offset,
+                next_offset,
+                ..
+            }) => assert_eq!((partition, offset, next_offset), (3, 13, 15)),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -29,7 +29,7 @@ mod types;
 pub use admin::Admin;
 pub use client::{finish_produce, Client, ClientConfig, PendingFetch, Route};
 pub use conn::{Body, Connection, PendingResponse};
-pub use consumer::{Consumer, OffsetReset};
+pub use consumer::{Consumer, OffsetReset, OnDataLoss};
 pub use error::{Error, Result};
 pub use fetch::{BatchSummary, ConsumerRecord, FetchOptions, FetchedPartition};
 pub use producer::{Producer, ProducerBuilder, ProducerConfig, Record};

@@ -95,6 +95,9 @@ pub struct StorageMetrics {
     pub read_ahead_hits: std::cell::Cell<u64>,
     /// Segments created by reusing a file retention released.
     pub segments_recycled: std::cell::Cell<u64>,
+    /// Damaged stored batches a fetch answered with `DataLoss` (each fetch
+    /// that starts at one counts it again).
+    pub corrupt_batches_skipped: std::cell::Cell<u64>,
 }
 
 impl StorageMetrics {
@@ -123,6 +126,7 @@ impl StorageMetrics {
             disk_read_bytes: Default::default(),
             read_ahead_hits: Default::default(),
             segments_recycled: Default::default(),
+            corrupt_batches_skipped: Default::default(),
         }
     }
 }

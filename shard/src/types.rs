@@ -103,12 +103,26 @@ pub struct AppendOutcome {
 }
 
 /// What a read returns: whole batches, back to back, starting with the one
-/// that holds the requested offset.
+/// that holds the requested offset. A read that meets a damaged stored batch
+/// returns the intact batches before it; a read that starts at one returns
+/// no batches and `data_loss`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ReadOutcome {
     pub batches: Vec<u8>,
     pub high_watermark: u64,
     pub log_start_offset: u64,
+    pub data_loss: Option<DataLoss>,
+}
+
+/// Stored batches that fail verification (twice, read from the device) and
+/// are never served: offsets `offset..next_offset` of the partition are
+/// unreadable; `next_offset` is where a reader may go on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DataLoss {
+    pub offset: u64,
+    pub next_offset: u64,
+    /// Damaged batches in the range.
+    pub batches: u32,
 }
 
 /// Maps an error the client will see onto its wire code.

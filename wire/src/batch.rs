@@ -26,11 +26,16 @@
 //!
 //! The CRC covers everything after the broker-assigned fields, so the broker
 //! patches base offset and append time without re-checksumming (Kafka v2's idea).
-//! The broker checks [`verify_batch`] once at ingress (header + CRC, O(1) per
-//! record besides the CRC) and never decodes records; readers use
-//! [`RecordIter`], which bounds-checks every field and never panics.
+//! The broker checks [`verify_batch`] once at ingress: header, CRC, and the
+//! framing of every record (one pass over the length fields, keys and values
+//! never decoded). Readers use [`RecordIter`], which applies the same checks
+//! (one set of functions, `batch/verify.rs`) and never panics, so a batch the
+//! broker accepted is one every reader accepts.
 
 use thiserror::Error;
+
+mod verify;
+pub use verify::{Expected, MAX_TIMESTAMP_MS};
 
 pub const BATCH_HEADER_LEN: usize = 64;
 pub const BATCH_MAGIC: u16 = 0xCB01;
@@ -63,12 +68,41 @@ pub enum BatchError {
     },
     #[error("batch at byte {offset} has an invalid header: {reason}")]
     BadHeader { offset: usize, reason: &'static str },
-    #[error("record {index} of the batch is malformed: {reason}")]
-    BadRecord { index: u32, reason: &'static str },
+    #[error("batch field {field} at byte {offset} is {found}, expected {expected}")]
+    BadField {
+        offset: usize,
+        field: &'static str,
+        expected: Expected,
+        found: i64,
+    },
+    #[error("record {index} at byte {offset}: {field} is {found}, expected {expected}")]
+    BadRecord {
+        index: u32,
+        offset: usize,
+        field: &'static str,
+        expected: Expected,
+        found: i64,
+    },
+    #[error("batch declares {record_count} records but ends at byte {offset} after {found}")]
+    MissingRecords {
+        offset: usize,
+        record_count: u32,
+        found: u32,
+    },
+    #[error(
+        "batch declares {record_count} records but {bytes} bytes follow the last one at byte {offset}"
+    )]
+    TrailingBytes {
+        offset: usize,
+        record_count: u32,
+        bytes: usize,
+    },
     #[error(
         "record timestamp {timestamp_ms} is too far from the batch's first timestamp {first_ms}"
     )]
     TimestampOutOfRange { timestamp_ms: i64, first_ms: i64 },
+    #[error("record timestamp {timestamp_ms} is outside 0..={MAX_TIMESTAMP_MS} (1970 to 9999)")]
+    TimestampInvalid { timestamp_ms: i64 },
     #[error("record field too large: {what}")]
     FieldTooLarge { what: &'static str },
 }
@@ -125,43 +159,25 @@ impl BatchHeader {
     }
 }
 
-/// Checks that `bytes` is exactly one well-formed batch with a correct CRC.
-/// This is the only check the broker runs on produced data.
+/// Checks that `bytes` is exactly one well-formed batch with a correct CRC
+/// and well-framed records. This is the only check the broker runs on
+/// produced data: a batch it accepts is one [`RecordIter`] reads to the end.
 pub fn verify_batch(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
-    let header = BatchHeader::parse(bytes)?;
-    let magic = read_u16(bytes, 24);
-    if magic != BATCH_MAGIC {
-        return Err(BatchError::BadMagic {
-            offset: 24,
-            found: magic,
-        });
-    }
-    if header.batch_length as usize != bytes.len() {
-        return Err(BatchError::BadLength {
-            offset: 0,
-            length: header.batch_length,
-        });
-    }
-    if header.record_count == 0 {
-        return Err(BatchError::BadHeader {
-            offset: 0,
-            reason: "record_count is 0",
-        });
-    }
-    let max_records = (bytes.len() - BATCH_HEADER_LEN) / RECORD_OVERHEAD;
-    if header.record_count as usize > max_records {
-        return Err(BatchError::BadHeader {
-            offset: 0,
-            reason: "record_count exceeds what fits",
-        });
-    }
-    if read_u16(bytes, 58) != 0 {
-        return Err(BatchError::BadHeader {
-            offset: 0,
-            reason: "reserved field is not 0",
-        });
-    }
-    let computed = crc32fast::hash(&bytes[CRC_START..]);
+    let header = verify_header_and_crc(bytes)?;
+    verify::check_records(bytes, &header)?;
+    Ok(header)
+}
+
+/// The CRC a batch should carry: crc32 (IEEE) of bytes `[CRC_START, len)`.
+pub fn compute_crc(batch: &[u8]) -> u32 {
+    crc32fast::hash(&batch[CRC_START..])
+}
+
+/// The header and CRC alone: what a reader checks before it walks the
+/// records with [`RecordIter`] (which frames each record as it goes).
+pub fn verify_header_and_crc(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
+    let header = verify::check_header(bytes)?;
+    let computed = compute_crc(bytes);
     if computed != header.crc {
         return Err(BatchError::BadCrc {
             offset: 0,
@@ -327,6 +343,9 @@ impl BatchBuilder {
         value: &[u8],
         headers: &[(&[u8], &[u8])],
     ) -> Result<(), BatchError> {
+        if !(0..=MAX_TIMESTAMP_MS).contains(&timestamp_ms) {
+            return Err(BatchError::TimestampInvalid { timestamp_ms });
+        }
         if self.record_count == 0 {
             self.first_timestamp_ms = timestamp_ms;
             self.max_timestamp_ms = timestamp_ms;
@@ -399,7 +418,7 @@ impl BatchBuilder {
         b[56..58].copy_from_slice(&self.producer_epoch.to_le_bytes());
         b[58..60].copy_from_slice(&0u16.to_le_bytes());
         b[60..64].copy_from_slice(&self.base_sequence.to_le_bytes());
-        let crc = crc32fast::hash(&b[CRC_START..]);
+        let crc = compute_crc(b);
         b[20..24].copy_from_slice(&crc.to_le_bytes());
         self.buffer
     }
@@ -436,30 +455,27 @@ impl<'a> Record<'a> {
 }
 
 /// Iterates the records of one batch (bytes from [`split_batches`]).
-/// Every length is checked; a malformed record ends the iteration with an error.
+/// The header is checked by [`RecordIter::new`] and every record framed as it
+/// is read, by the same functions as [`verify_batch`] (not the CRC: see
+/// [`verify_header_and_crc`]). A malformed record, or bytes after the last
+/// one, end the iteration with an error.
 pub struct RecordIter<'a> {
     header: BatchHeader,
     bytes: &'a [u8],
     position: usize,
     index: u32,
-    failed: bool,
+    done: bool,
 }
 
 impl<'a> RecordIter<'a> {
     pub fn new(batch: &'a [u8]) -> Result<RecordIter<'a>, BatchError> {
-        let header = BatchHeader::parse(batch)?;
-        if header.batch_length as usize != batch.len() {
-            return Err(BatchError::BadLength {
-                offset: 0,
-                length: header.batch_length,
-            });
-        }
+        let header = verify::check_header(batch)?;
         Ok(RecordIter {
             header,
             bytes: batch,
             position: BATCH_HEADER_LEN,
             index: 0,
-            failed: false,
+            done: false,
         })
     }
 
@@ -469,75 +485,17 @@ impl<'a> RecordIter<'a> {
 
     fn read_record(&mut self) -> Result<Record<'a>, BatchError> {
         let index = self.index;
-        let bad = |reason| BatchError::BadRecord { index, reason };
-        let rest = &self.bytes[self.position..];
-        if rest.len() < 4 {
-            return Err(bad("truncated length"));
-        }
-        let body_len = read_u32(rest, 0) as usize;
-        if body_len + 4 > rest.len() || body_len + 4 < RECORD_OVERHEAD {
-            return Err(bad("length out of bounds"));
-        }
-        let body = &rest[4..4 + body_len];
-        let offset_delta = read_u32(body, 0);
-        if offset_delta != index {
-            return Err(bad("offset delta out of sequence"));
-        }
-        let timestamp_delta = read_u32(body, 4) as i32;
-        let key_len = read_u32(body, 8);
-        let mut at = 12;
-        let key = if key_len == NO_KEY {
-            None
-        } else {
-            let end = at + key_len as usize;
-            if end + 4 > body.len() {
-                return Err(bad("key out of bounds"));
-            }
-            let key = &body[at..end];
-            at = end;
-            Some(key)
-        };
-        if at + 4 > body.len() {
-            return Err(bad("value length out of bounds"));
-        }
-        let value_len = read_u32(body, at) as usize;
-        at += 4;
-        if at + value_len + 2 > body.len() {
-            return Err(bad("value out of bounds"));
-        }
-        let value = &body[at..at + value_len];
-        at += value_len;
-        let header_count = read_u16(body, at);
-        at += 2;
-        let headers_raw = &body[at..];
-        let mut h = 0;
-        for _ in 0..header_count {
-            if h + 2 > headers_raw.len() {
-                return Err(bad("header name length out of bounds"));
-            }
-            let name_len = read_u16(headers_raw, h) as usize;
-            h += 2 + name_len;
-            if h + 4 > headers_raw.len() {
-                return Err(bad("header value length out of bounds"));
-            }
-            let value_len = read_u32(headers_raw, h) as usize;
-            h += 4 + value_len;
-            if h > headers_raw.len() {
-                return Err(bad("header value out of bounds"));
-            }
-        }
-        if h != headers_raw.len() {
-            return Err(bad("trailing bytes after headers"));
-        }
-        self.position += 4 + body_len;
+        let frame = verify::frame_record(self.bytes, self.position, index, &self.header)?;
+        self.position = frame.end;
         self.index += 1;
+        let bytes = self.bytes;
         Ok(Record {
             offset: self.header.base_offset + index as u64,
-            timestamp_ms: self.header.first_timestamp_ms + timestamp_delta as i64,
-            key,
-            value,
-            header_count,
-            headers_raw,
+            timestamp_ms: frame.timestamp_ms,
+            key: frame.key.map(|k| &bytes[k]),
+            value: &bytes[frame.value],
+            header_count: frame.header_count,
+            headers_raw: &bytes[frame.headers],
         })
     }
 }
@@ -546,27 +504,34 @@ impl<'a> Iterator for RecordIter<'a> {
     type Item = Result<Record<'a>, BatchError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.failed || self.index >= self.header.record_count {
+        if self.done {
             return None;
+        }
+        if self.index >= self.header.record_count {
+            self.done = true;
+            return verify::check_end(self.bytes, self.position, &self.header)
+                .err()
+                .map(Err);
         }
         let result = self.read_record();
         if result.is_err() {
-            self.failed = true;
+            self.done = true;
         }
         Some(result)
     }
 }
 
 /// Every record at or after `start_offset` in back-to-back batches: how a
-/// fetch that starts mid-batch is sliced on the reading side. Each batch's CRC
-/// is checked before its records are read.
+/// fetch that starts mid-batch is sliced on the reading side. Each batch's
+/// header and CRC are checked before its records are read, and each record is
+/// framed as it is read (one pass, as at ingress).
 pub fn records_from(
     batches: &[u8],
     start_offset: u64,
 ) -> impl Iterator<Item = Result<Record<'_>, BatchError>> {
     split_batches(batches).flat_map(move |batch| {
         let records: Box<dyn Iterator<Item = Result<Record<'_>, BatchError>>> = match batch
-            .and_then(|b| verify_batch(b).map(|_| b))
+            .and_then(|b| verify_header_and_crc(b).map(|_| b))
             .and_then(RecordIter::new)
         {
             Ok(iter) => Box::new(
@@ -579,11 +544,15 @@ pub fn records_from(
 }
 
 fn read_u16(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
+    let mut x = [0u8; 2];
+    x.copy_from_slice(&b[at..at + 2]);
+    u16::from_le_bytes(x)
 }
 
 fn read_u32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+    let mut x = [0u8; 4];
+    x.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(x)
 }
 
 fn read_u64(b: &[u8], at: usize) -> u64 {

@@ -29,10 +29,13 @@ pub enum ErrorCode {
     Timeout = 15,
     InvalidTopicName = 16,
     InvalidConfig = 17,
+    /// A stored batch in the fetched range is damaged and is never served;
+    /// the fetch result's `next_offset` is where readable data resumes.
+    DataLoss = 18,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 18] = [
+    pub const ALL: [ErrorCode; 19] = [
         ErrorCode::None,
         ErrorCode::Unknown,
         ErrorCode::MalformedFrame,
@@ -51,6 +54,7 @@ impl ErrorCode {
         ErrorCode::Timeout,
         ErrorCode::InvalidTopicName,
         ErrorCode::InvalidConfig,
+        ErrorCode::DataLoss,
     ];
 
     /// Unknown numbers map to `Unknown` so an old client survives a newer broker.

@@ -1,7 +1,10 @@
 //! Reads by partition and offset: whole batches, from the cache of recent
 //! chunks when it has them, otherwise with O_DIRECT reads of the segment
 //! files. Bytes read from disk are verified again (entry header CRC and
-//! batch CRC) before they are served.
+//! batch CRC) before they are served. A stored batch that fails twice costs
+//! only itself: the intact batches before it are served, and a read that
+//! starts at it answers [`DataLoss`] with the offset where intact data
+//! resumes.
 
 use super::Engine;
 use crate::clock::Clock;
@@ -11,8 +14,7 @@ use crate::disk::{Disk, DiskFile};
 use crate::engine::io_error;
 use crate::index::IndexEntry;
 use crate::storage::StorageError;
-use crate::ReadOutcome;
-use coremq_wire::BatchError;
+use crate::{DataLoss, ReadOutcome};
 use futures::future::LocalBoxFuture;
 use std::collections::VecDeque;
 use std::io;
@@ -130,7 +132,7 @@ where
         offset: u64,
         max_bytes: u32,
     ) -> Result<ReadOutcome, StorageError> {
-        let (key, selected, high_watermark, log_start_offset) = {
+        let (key, mut selected, high_watermark, log_start_offset) = {
             let state = self.state()?;
             let key = state.partition_key(topic, partition)?;
             let p = &state.partitions[&key];
@@ -171,6 +173,7 @@ where
         let mut ahead = self.read_ahead.borrow_mut().take(key);
         let m = &self.metrics;
         let mut from_disk = false;
+        let mut data_loss = None;
         let mut next = 0;
         while next < selected.len() {
             // From memory, as many as the cache holds.
@@ -242,12 +245,31 @@ where
                     out.truncate(keep);
                 }
             }
+            from_disk = true;
             if !served {
                 let run = &selected[next..next + count];
-                self.read_run(&segment.file, segment.base, key, run, &mut out)
+                let damage = self
+                    .read_run(&segment.file, segment.base, key, run, &mut out)
                     .await?;
+                if let Some(Damage { intact, damaged }) = damage {
+                    // Serve what lies before the damage; a read that starts
+                    // at it learns where intact data resumes.
+                    let first_damaged = next + intact;
+                    if first_damaged == 0 {
+                        let last = selected[damaged - 1];
+                        let next_offset = self.offset_after(key, last.base_offset, high_watermark);
+                        m.corrupt_batches_skipped
+                            .set(m.corrupt_batches_skipped.get() + damaged as u64);
+                        data_loss = Some(DataLoss {
+                            offset: selected[0].base_offset,
+                            next_offset,
+                            batches: damaged as u32,
+                        });
+                    }
+                    selected.truncate(first_damaged);
+                    break;
+                }
             }
-            from_disk = true;
             next += count;
         }
         if let Some(last) = selected.last().filter(|_| from_disk || !ahead.is_empty()) {
@@ -266,7 +288,23 @@ where
             batches: out,
             high_watermark,
             log_start_offset,
+            data_loss,
         })
+    }
+
+    /// The base offset of the batch after the one at `base_offset`, or the
+    /// high watermark when it is the last visible one.
+    fn offset_after(&self, key: (u32, u32), base_offset: u64, high_watermark: u64) -> u64 {
+        let after = self.state().ok().and_then(|state| {
+            let p = state.partitions.get(&key)?;
+            let (visible, _) = p.visible(&state.writer);
+            let i = p.index.find(base_offset)? + 1;
+            p.index
+                .get(i)
+                .filter(|_| i < visible)
+                .map(|e| e.base_offset)
+        });
+        after.unwrap_or(high_watermark)
     }
 
     /// Starts reading, in the background, what a sequential reader's next
@@ -337,7 +375,8 @@ where
 
     /// Reads entries of one segment with one aligned read, verifying each.
     /// A run that fails verification is read once more (a flip on the way
-    /// from the device); bytes that fail twice are never served.
+    /// from the device); bytes that fail twice are never served: the intact
+    /// entries before them are appended to `out` and the damage is returned.
     async fn read_run(
         &self,
         file: &Rc<D::File>,
@@ -345,14 +384,15 @@ where
         key: (u32, u32),
         run: &[IndexEntry],
         out: &mut Vec<u8>,
-    ) -> Result<(), StorageError> {
+    ) -> Result<Option<Damage>, StorageError> {
         let first = run[0].position - segment_base;
         let last_end = run[run.len() - 1].end() - segment_base;
         let from = align_down(first);
         let len = (align_up(last_end) - from) as usize;
         let path = self.segment_path(segment_base);
         let keep = out.len();
-        for attempt in 0..2 {
+        let mut attempt = 0;
+        loop {
             let m = &self.metrics;
             m.disk_reads.set(m.disk_reads.get() + 1);
             m.disk_read_bytes.set(m.disk_read_bytes.get() + len as u64);
@@ -360,20 +400,40 @@ where
                 .read_at(from, len)
                 .await
                 .map_err(|e| io_error("reading", &path, e))?;
-            match verify_run(&bytes, from + segment_base, key, run, out) {
-                Ok(()) => return Ok(()),
-                Err((entry, reason)) => {
-                    out.truncate(keep);
-                    if attempt == 0 {
-                        tracing::warn!(path = %path, position = entry.position, reason, "stored batch fails verification; reading it again");
-                    } else {
-                        return Err(corrupt(&path, &entry, reason));
-                    }
-                }
+            let bytes_start = from + segment_base;
+            let Err((intact, reason)) = verify_run(&bytes, bytes_start, key, run, out) else {
+                return Ok(None);
+            };
+            let entry = run[intact];
+            if attempt == 0 {
+                out.truncate(keep);
+                tracing::warn!(path = %path, position = entry.position, reason, "stored batch fails verification; reading it again");
+                attempt += 1;
+                continue;
             }
+            // The entries after the first bad one that are bad too.
+            let damaged = 1 + run[intact + 1..]
+                .iter()
+                .take_while(|e| verify_entry(&bytes, bytes_start, key, e).is_err())
+                .count();
+            tracing::error!(
+                path,
+                position = entry.position,
+                offset = entry.base_offset,
+                damaged,
+                reason,
+                "corrupt batch on disk: not served"
+            );
+            return Ok(Some(Damage { intact, damaged }));
         }
-        unreachable!("the second attempt returns")
     }
+}
+
+/// Where a disk run fails verification twice: after `intact` good entries,
+/// `damaged` consecutive bad ones.
+struct Damage {
+    intact: usize,
+    damaged: usize,
 }
 
 /// Whether entry `e` can join a disk read that starts at `first` and so far
@@ -393,47 +453,45 @@ fn joins_disk_run<B: crate::disk::IoBuffer>(
 }
 
 /// Checks every entry of `run` in `bytes` (read from global position
-/// `bytes_start`) and appends the batches to `out`.
+/// `bytes_start`) and appends the batches to `out`, stopping at the first
+/// entry that fails (its index in `run` and why).
 fn verify_run(
     bytes: &[u8],
     bytes_start: u64,
     key: (u32, u32),
     run: &[IndexEntry],
     out: &mut Vec<u8>,
-) -> Result<(), (IndexEntry, &'static str)> {
-    for e in run {
-        let at = (e.position - bytes_start) as usize;
-        let entry = bytes
-            .get(at..at + e.length as usize)
-            .ok_or((*e, "short read"))?;
-        // Pair assertion on read: the CRCs checked at append hold again.
-        match parse_entry(entry, e.length as u64) {
-            Parsed::Entry(h)
-                if h.kind == EntryKind::Batch
-                    && (h.topic_id, h.partition) == key
-                    && h.length == e.length =>
-            {
-                let batch = &entry[ENTRY_HEADER_LEN..];
-                let header =
-                    coremq_wire::BatchHeader::parse(batch).map_err(|_| (*e, "short batch"))?;
-                if header.base_offset != e.base_offset {
-                    return Err((*e, "base offset differs from the index"));
-                }
-                out.extend_from_slice(batch);
-            }
-            _ => return Err((*e, "entry fails verification")),
-        }
+) -> Result<(), (usize, &'static str)> {
+    for (i, e) in run.iter().enumerate() {
+        let batch = verify_entry(bytes, bytes_start, key, e).map_err(|reason| (i, reason))?;
+        out.extend_from_slice(batch);
     }
     Ok(())
 }
 
-fn corrupt(path: &str, e: &IndexEntry, reason: &'static str) -> StorageError {
-    tracing::error!(
-        path,
-        position = e.position,
-        offset = e.base_offset,
-        reason,
-        "corrupt batch on disk"
-    );
-    StorageError::CorruptBatch(BatchError::BadHeader { offset: 0, reason })
+/// The batch of entry `e`, if it is intact: the CRCs checked at append hold
+/// again (pair assertion on read) and it is the entry the index points to.
+fn verify_entry<'a>(
+    bytes: &'a [u8],
+    bytes_start: u64,
+    key: (u32, u32),
+    e: &IndexEntry,
+) -> Result<&'a [u8], &'static str> {
+    let at = (e.position - bytes_start) as usize;
+    let entry = bytes.get(at..at + e.length as usize).ok_or("short read")?;
+    match parse_entry(entry, e.length as u64) {
+        Parsed::Entry(h)
+            if h.kind == EntryKind::Batch
+                && (h.topic_id, h.partition) == key
+                && h.length == e.length =>
+        {
+            let batch = &entry[ENTRY_HEADER_LEN..];
+            let header = coremq_wire::BatchHeader::parse(batch).map_err(|_| "short batch")?;
+            if header.base_offset != e.base_offset {
+                return Err("base offset differs from the index");
+            }
+            Ok(batch)
+        }
+        _ => Err("entry fails verification"),
+    }
 }

@@ -1034,6 +1034,7 @@ impl<'a> FetchPartitionResult<'a> {
   pub const VT_HIGH_WATERMARK: ::flatbuffers::VOffsetT = 12;
   pub const VT_LOG_START_OFFSET: ::flatbuffers::VOffsetT = 14;
   pub const VT_RECORDS: ::flatbuffers::VOffsetT = 16;
+  pub const VT_NEXT_OFFSET: ::flatbuffers::VOffsetT = 18;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1045,6 +1046,7 @@ impl<'a> FetchPartitionResult<'a> {
     args: &'args FetchPartitionResultArgs<'args>
   ) -> ::flatbuffers::WIPOffset<FetchPartitionResult<'bldr>> {
     let mut builder = FetchPartitionResultBuilder::new(_fbb);
+    builder.add_next_offset(args.next_offset);
     builder.add_log_start_offset(args.log_start_offset);
     builder.add_high_watermark(args.high_watermark);
     if let Some(x) = args.records { builder.add_records(x); }
@@ -1105,6 +1107,13 @@ impl<'a> FetchPartitionResult<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(FetchPartitionResult::VT_RECORDS, None)}
   }
+  #[inline]
+  pub fn next_offset(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(FetchPartitionResult::VT_NEXT_OFFSET, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for FetchPartitionResult<'_> {
@@ -1120,6 +1129,7 @@ impl ::flatbuffers::Verifiable for FetchPartitionResult<'_> {
      .visit_field::<u64>("high_watermark", Self::VT_HIGH_WATERMARK, false)?
      .visit_field::<u64>("log_start_offset", Self::VT_LOG_START_OFFSET, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("records", Self::VT_RECORDS, false)?
+     .visit_field::<u64>("next_offset", Self::VT_NEXT_OFFSET, false)?
      .finish();
     Ok(())
   }
@@ -1132,6 +1142,7 @@ pub struct FetchPartitionResultArgs<'a> {
     pub high_watermark: u64,
     pub log_start_offset: u64,
     pub records: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub next_offset: u64,
 }
 impl<'a> Default for FetchPartitionResultArgs<'a> {
   #[inline]
@@ -1144,6 +1155,7 @@ impl<'a> Default for FetchPartitionResultArgs<'a> {
       high_watermark: 0,
       log_start_offset: 0,
       records: None,
+      next_offset: 0,
     }
   }
 }
@@ -1182,6 +1194,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> FetchPartitionResultBuilder<'
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(FetchPartitionResult::VT_RECORDS, records);
   }
   #[inline]
+  pub fn add_next_offset(&mut self, next_offset: u64) {
+    self.fbb_.push_slot::<u64>(FetchPartitionResult::VT_NEXT_OFFSET, next_offset, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> FetchPartitionResultBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     FetchPartitionResultBuilder {
@@ -1206,6 +1222,7 @@ impl ::core::fmt::Debug for FetchPartitionResult<'_> {
       ds.field("high_watermark", &self.high_watermark());
       ds.field("log_start_offset", &self.log_start_offset());
       ds.field("records", &self.records());
+      ds.field("next_offset", &self.next_offset());
       ds.finish()
   }
 }
