@@ -168,6 +168,45 @@ pub fn verify_batch(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
     Ok(header)
 }
 
+/// Integrity of a batch the broker itself stored (log recovery, disk reads):
+/// the fixed header's layout fields (magic, exact length, a record count
+/// that fits, reserved 0) and the CRC — not the ingress policy on flags and
+/// timestamps, which [`verify_batch`] applied when the batch was produced
+/// (and which an older broker may have applied less strictly: its data must
+/// stay readable and must never look like damage to recovery).
+pub fn verify_stored_batch(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
+    let header = BatchHeader::parse(bytes)?;
+    let magic = read_u16(bytes, 24);
+    if magic != BATCH_MAGIC {
+        return Err(BatchError::BadMagic {
+            offset: 24,
+            found: magic,
+        });
+    }
+    if header.batch_length as usize != bytes.len() {
+        return Err(BatchError::BadLength {
+            offset: 16,
+            length: header.batch_length,
+        });
+    }
+    let fit = (bytes.len() - BATCH_HEADER_LEN) / RECORD_OVERHEAD;
+    if header.record_count == 0 || header.record_count as usize > fit || read_u16(bytes, 58) != 0 {
+        return Err(BatchError::BadHeader {
+            offset: 28,
+            reason: "record_count or reserved field out of range",
+        });
+    }
+    let computed = compute_crc(bytes);
+    if computed != header.crc {
+        return Err(BatchError::BadCrc {
+            offset: 0,
+            stored: header.crc,
+            computed,
+        });
+    }
+    Ok(header)
+}
+
 /// The CRC a batch should carry: crc32 (IEEE) of bytes `[CRC_START, len)`.
 pub fn compute_crc(batch: &[u8]) -> u32 {
     crc32fast::hash(&batch[CRC_START..])

@@ -32,7 +32,7 @@
 //! block, do not chain and are ignored.
 
 use crate::codec::{get_u32, set_u32};
-use coremq_wire::batch::{verify_batch, BatchHeader, CRC_START};
+use coremq_wire::batch::{verify_stored_batch, BatchHeader, CRC_START};
 
 pub const ENTRY_HEADER_LEN: usize = 32;
 pub const ENTRY_MAGIC: u32 = 0x4C51_4D43;
@@ -153,7 +153,7 @@ pub enum EntryEnd {
     BadLength,
     BadKind,
     BadCrc,
-    /// The header is sound but the batch inside fails `verify_batch`.
+    /// The header is sound but the batch inside fails `verify_stored_batch`.
     BadBatch,
 }
 
@@ -213,7 +213,7 @@ pub fn parse_entry(bytes: &[u8], room: u64) -> Parsed {
     if compute_crc(entry, kind) != crc {
         return Parsed::End(EntryEnd::BadCrc);
     }
-    if kind == EntryKind::Batch && verify_batch(&entry[ENTRY_HEADER_LEN..]).is_err() {
+    if kind == EntryKind::Batch && verify_stored_batch(&entry[ENTRY_HEADER_LEN..]).is_err() {
         return Parsed::End(EntryEnd::BadBatch);
     }
     Parsed::Entry(EntryHeader {

@@ -1,7 +1,7 @@
 //! Reads by partition and offset: whole batches, from the cache of recent
 //! chunks when it has them, otherwise with O_DIRECT reads of the segment
 //! files. Bytes read from disk are verified again (entry header CRC and
-//! batch CRC) before they are served. A stored batch that fails twice costs
+//! batch CRC) before they are served. A stored batch that fails three reads costs
 //! only itself: the intact batches before it are served, and a read that
 //! starts at it answers [`DataLoss`] with the offset where intact data
 //! resumes.
@@ -375,7 +375,7 @@ where
 
     /// Reads entries of one segment with one aligned read, verifying each.
     /// A run that fails verification is read once more (a flip on the way
-    /// from the device); bytes that fail twice are never served: the intact
+    /// from the device); bytes that fail three reads are never served: the intact
     /// entries before them are appended to `out` and the damage is returned.
     async fn read_run(
         &self,
@@ -405,7 +405,9 @@ where
                 return Ok(None);
             };
             let entry = run[intact];
-            if attempt == 0 {
+            // Three reads before it is believed: a transient fault (a bit
+            // flipped on the way) must not cost a consumer data.
+            if attempt < 2 {
                 out.truncate(keep);
                 tracing::warn!(path = %path, position = entry.position, reason, "stored batch fails verification; reading it again");
                 attempt += 1;
@@ -429,7 +431,7 @@ where
     }
 }
 
-/// Where a disk run fails verification twice: after `intact` good entries,
+/// Where a disk run fails verification three times: after `intact` good entries,
 /// `damaged` consecutive bad ones.
 struct Damage {
     intact: usize,

@@ -463,3 +463,25 @@ fn error_messages_name_position_expected_and_found() {
         "batch declares 2 records but 23 bytes follow the last one at byte 110"
     );
 }
+
+/// What the broker stored stays readable to recovery and disk reads even if
+/// the ingress policy is stricter now (an older broker accepted negative
+/// timestamps); the CRC still catches every flipped bit.
+#[test]
+fn stored_batches_are_checked_for_integrity_not_policy() {
+    let mut batch = sample_batch(3);
+    batch[32..40].copy_from_slice(&(-5i64).to_le_bytes()); // first_timestamp_ms
+    let crc = compute_crc(&batch);
+    batch[20..24].copy_from_slice(&crc.to_le_bytes());
+    assert!(verify_batch(&batch).is_err(), "ingress refuses it");
+    assert!(
+        verify_stored_batch(&batch).is_ok(),
+        "storage keeps reading it"
+    );
+    // (Bytes 0..16, base offset and append time, are the log entry CRC's job.)
+    for at in [17, 24, 30, batch.len() - 1] {
+        let mut bad = batch.clone();
+        bad[at] ^= 0x04;
+        assert!(verify_stored_batch(&bad).is_err(), "flip at {at}");
+    }
+}
