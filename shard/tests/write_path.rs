@@ -66,3 +66,87 @@ fn appends_keep_submission_order_across_a_segment_roll() {
         );
     }
 }
+
+/// A failed fdatasync may drop the writes it covered (the memory disk drops
+/// them all). The append it covered fails; a later append's flush must
+/// rewrite the dropped bytes before its own sync, or its acknowledged entry
+/// follows a hole and recovery ends the log before it.
+#[test]
+fn a_failed_sync_fails_its_appends_and_the_next_sync_covers_their_bytes() {
+    use coremq_shard::StorageError;
+    for later in [Durability::Always, Durability::Never] {
+        let disk = MemDisk::new(22);
+        let clock = ManualClock::new(0);
+        futures::executor::block_on(async {
+            let engine = open(&disk, &clock, 1 << 20).await;
+            engine
+                .create_topic(topic("a", 1, Durability::Always))
+                .await
+                .unwrap();
+            engine.create_topic(topic("l", 1, later)).await.unwrap();
+            disk.set_faults(Faults {
+                sync_error: 1.0,
+                ..Faults::default()
+            });
+            // Several blocks, so the next flush's rewrite of the partial
+            // block does not cover them by chance.
+            let failed = batch(1, 20_000, 0, 1);
+            let error = engine.append("a", 0, &failed).await.unwrap_err();
+            assert!(matches!(error, StorageError::Io { .. }), "{error}");
+            assert_eq!(engine.high_watermark("a", 0).unwrap(), 0);
+            disk.set_faults(Faults::default());
+            let b = batch(1, 100, 0, 2);
+            let out = engine.append("l", 0, &b).await.unwrap();
+            // `never` appends complete after the write; an `always` one syncs.
+            let c = batch(1, 100, 0, 3);
+            let c_out = engine.append("a", 0, &c).await.unwrap();
+            drop(engine);
+            disk.crash();
+            let engine = open(&disk, &clock, 1 << 20).await;
+            assert_eq!(
+                engine.high_watermark("l", 0).unwrap(),
+                1,
+                "{later:?}: the acknowledged append survives"
+            );
+            let got = engine.read("l", 0, 0, 1).await.unwrap();
+            assert!(got.batches == stored(&b, out.base_offset, out.append_time_ms));
+            assert_eq!(
+                engine.high_watermark("a", 0).unwrap(),
+                2,
+                "{later:?}: the failed append was rewritten: stored, not acknowledged"
+            );
+            let got = engine.read("a", 0, 0, u32::MAX).await.unwrap();
+            let mut expected = stored(&failed, 0, 0); // the clock stays at 0
+            expected.extend_from_slice(&stored(&c, c_out.base_offset, c_out.append_time_ms));
+            assert!(got.batches == expected, "{later:?}: both batches read back");
+        });
+    }
+}
+
+/// The chunks kept for a rewrite after a failed sync are bounded in bytes:
+/// a `never` topic that no append asks to sync is synced every
+/// `MAX_UNSYNCED_BYTES` written.
+#[test]
+fn written_unsynced_bytes_are_bounded_by_a_sync() {
+    use coremq_shard::commitlog::writer::MAX_UNSYNCED_BYTES;
+    let disk = MemDisk::new(23);
+    let clock = ManualClock::new(0);
+    futures::executor::block_on(async {
+        let engine = open(&disk, &clock, 8 << 20).await;
+        engine
+            .create_topic(topic("n", 1, Durability::Never))
+            .await
+            .unwrap();
+        let syncs = disk.stats().syncs;
+        let b = batch(1, 60_000, 0, 1);
+        let mut written = 0u64;
+        while written < MAX_UNSYNCED_BYTES + (1 << 20) {
+            engine.append("n", 0, &b).await.unwrap();
+            written += b.len() as u64;
+        }
+        assert!(
+            disk.stats().syncs > syncs,
+            "{written} bytes written without a sync"
+        );
+    });
+}

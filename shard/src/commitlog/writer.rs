@@ -13,6 +13,11 @@
 //! `durable_end <= written_end <= end`; data below `written_end` is on disk,
 //! below `durable_end` it is also synced. A failed flush puts its chunks
 //! back, so a later flush retries them; positions never move back.
+//!
+//! Written chunks stay listed as *unsynced* until a sync covers them. A
+//! failed fdatasync may have dropped their bytes (Linux reports the error
+//! once and then forgets the lost pages), so [`Writer::sync_failed`] queues
+//! them again: no later sync happens before they are rewritten.
 
 use crate::codec::{align_down, align_up, is_aligned};
 use crate::commitlog::entry::{seal_entry, EntryKind, ENTRY_HEADER_LEN};
@@ -54,6 +59,8 @@ pub struct SealedChunk<F: DiskFile> {
     /// Bytes of memory the buffer holds (for the cache budget).
     pub cost: usize,
     pub data: Rc<F::Buffer>,
+    /// Already in the read cache: a rewrite after a failed sync.
+    pub cached: bool,
 }
 
 impl<F: DiskFile> SealedChunk<F> {
@@ -76,6 +83,7 @@ impl<F: DiskFile> Clone for SealedChunk<F> {
             len: self.len,
             cost: self.cost,
             data: self.data.clone(),
+            cached: self.cached,
         }
     }
 }
@@ -89,9 +97,16 @@ pub struct Pending<F: DiskFile> {
     pub target_chain: u32,
 }
 
+/// Written but unsynced bytes above which a flush syncs even if no append
+/// asks for it, so the chunks kept for a rewrite stay bounded.
+pub const MAX_UNSYNCED_BYTES: u64 = 64 << 20;
+
 pub struct Writer<F: DiskFile> {
     active: ActiveChunk<F>,
     sealed: VecDeque<SealedChunk<F>>,
+    /// Chunks written since the last successful sync, in log order.
+    unsynced: Vec<SealedChunk<F>>,
+    unsynced_bytes: u64,
     end: u64,
     written_end: u64,
     durable_end: u64,
@@ -127,6 +142,8 @@ impl<F: DiskFile> Writer<F> {
                 len: tail.len(),
             },
             sealed: VecDeque::new(),
+            unsynced: Vec::new(),
+            unsynced_bytes: 0,
             end,
             written_end: end,
             durable_end: end,
@@ -177,9 +194,15 @@ impl<F: DiskFile> Writer<F> {
         sealed + self.active.end().saturating_sub(from)
     }
 
-    /// Whether a flush has anything to do (write or advance `written_end`).
+    /// Whether a flush has anything to do (write or advance `written_end`,
+    /// or rewrite what a failed sync may have dropped).
     pub fn has_unwritten(&self) -> bool {
-        self.end > self.written_end
+        self.end > self.written_end || !self.sealed.is_empty()
+    }
+
+    /// Bytes written since the last successful sync.
+    pub fn unsynced_bytes(&self) -> u64 {
+        self.unsynced_bytes
     }
 
     /// Where data already handed to a write (sealed or written) ends.
@@ -262,6 +285,7 @@ impl<F: DiskFile> Writer<F> {
             len: chunk.len,
             cost,
             data: Rc::new(chunk.buffer),
+            cached: false,
         });
     }
 
@@ -312,16 +336,42 @@ impl<F: DiskFile> Writer<F> {
         }
     }
 
-    pub fn mark_written(&mut self, target_end: u64) {
+    /// A flush wrote up to `target_end`; `chunks` are what it wrote.
+    pub fn mark_written(&mut self, target_end: u64, chunks: &[SealedChunk<F>]) {
         assert!(target_end <= self.end);
         self.written_end = self.written_end.max(target_end);
+        for chunk in chunks {
+            self.unsynced_bytes += chunk.data.as_bytes().len() as u64;
+            self.unsynced.push(SealedChunk {
+                cached: true,
+                ..chunk.clone()
+            });
+        }
     }
 
+    /// A sync failed: everything written since the last successful sync
+    /// may be gone from the disk. Queues it to be written again, before
+    /// whatever is pending, so the next sync covers it.
+    pub fn sync_failed(&mut self) {
+        self.unsynced_bytes = 0;
+        for chunk in self.unsynced.drain(..).rev() {
+            self.sealed.push_front(chunk);
+        }
+    }
+
+    /// A sync of every written file succeeded after the flush that wrote up
+    /// to `target_end` (and nothing was written since).
     pub fn mark_durable(&mut self, target_end: u64, target_chain: u32) {
         assert!(
             target_end <= self.written_end,
             "only written data becomes durable"
         );
+        assert!(
+            self.unsynced.iter().all(|c| c.end() <= target_end),
+            "a sync covers every chunk written before it"
+        );
+        self.unsynced.clear();
+        self.unsynced_bytes = 0;
         if target_end > self.durable_end {
             self.durable_end = target_end;
             self.durable_chain = target_chain;
@@ -362,7 +412,7 @@ mod tests {
             c.data.as_bytes()[132..].iter().all(|b| *b == 0),
             "zero padded"
         );
-        w.mark_written(p.target_end);
+        w.mark_written(p.target_end, &p.chunks);
         // Nothing new: nothing to write.
         assert!(w.take_pending().chunks.is_empty());
         let second = add(&mut w, 10, 2);
@@ -398,7 +448,7 @@ mod tests {
             );
         }
         assert_eq!(p.chunks.last().unwrap().end(), p.target_end);
-        w.mark_written(p.target_end);
+        w.mark_written(p.target_end, &p.chunks);
         add(&mut w, 10, 9);
         w.switch_segment(file(), 1 << 30, 1 << 20);
         assert_eq!(w.end(), 1 << 30);

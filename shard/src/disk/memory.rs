@@ -5,7 +5,9 @@
 //! of writes since its last sync. Directory changes are pending until
 //! `sync_dir`. Runtime faults (EIO on write / sync / read, short writes, bit
 //! flips on read) and operations that yield to other tasks are drawn from one
-//! seeded generator, so a failing run is replayed from its seed.
+//! seeded generator, so a failing run is replayed from its seed. A failed
+//! sync drops the file's writes since its last sync (Linux may drop the
+//! dirty data and report the error once: "fsyncgate").
 //!
 //! [`MemDisk::crash`] models power loss: a random prefix of the pending
 //! directory changes survives, and each write since the last sync is
@@ -495,6 +497,15 @@ impl DiskFile for MemFile {
             state.rng.chance(p)
         };
         if fail {
+            // As Linux may after a failed writeback: the writes since the
+            // last sync are gone (reads see the durable image again), and
+            // the next sync succeeds without them.
+            self.with_inode(|inode| {
+                inode.pending.clear();
+                let len = inode.current.len().max(inode.durable.len());
+                inode.current = inode.durable.clone();
+                inode.current.resize(len, 0);
+            });
             return Err(error(libc::EIO));
         }
         self.with_inode(|inode| {

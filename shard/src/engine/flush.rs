@@ -2,6 +2,11 @@
 //! fdatasync the touched segment files if any pending append needs it.
 //! Only the holder of the flush gate's permit runs this.
 //!
+//! A failed fdatasync fails every append waiting for it and queues all
+//! chunks written since the last good sync to be written again: Linux may
+//! have dropped them and reports that only once, so the next sync alone
+//! would mark lost bytes durable ("fsyncgate").
+//!
 //! Cancel safety: the caller's future may be dropped at any await (a client
 //! goes away). Chunks taken for writing are handed back by [`InFlight`]'s
 //! drop unless the write completed, and files stay in the dirty list until a
@@ -10,7 +15,7 @@
 
 use super::{Engine, Failure};
 use crate::clock::Clock;
-use crate::commitlog::writer::SealedChunk;
+use crate::commitlog::writer::{SealedChunk, MAX_UNSYNCED_BYTES};
 use crate::disk::{Disk, DiskFile, IoBuffer};
 use crate::storage::StorageError;
 use std::io;
@@ -44,8 +49,9 @@ impl<D: Disk, C: Clock> Engine<D, C> {
         let (chunks, target_end, target_chain, want_sync, attempt) = {
             let mut state = self.state()?;
             let durable = state.writer.durable_end();
-            let want_sync =
-                (force_sync || state.sync_needed_end > durable) && durable < state.writer.end();
+            let bounded = state.writer.unsynced_bytes() >= MAX_UNSYNCED_BYTES;
+            let want_sync = (force_sync || bounded || state.sync_needed_end > durable)
+                && durable < state.writer.end();
             if !state.writer.has_unwritten() && !want_sync {
                 return Ok(());
             }
@@ -92,7 +98,7 @@ impl<D: Disk, C: Clock> Engine<D, C> {
         {
             let mut guard = self.state()?;
             let state = &mut *guard;
-            state.writer.mark_written(target_end);
+            state.writer.mark_written(target_end, &chunks);
             for chunk in chunks {
                 if !state
                     .dirty_files
@@ -103,9 +109,11 @@ impl<D: Disk, C: Clock> Engine<D, C> {
                         .dirty_files
                         .push((chunk.segment_base, chunk.file.clone()));
                 }
-                state
-                    .cache
-                    .insert(chunk.start, chunk.len, chunk.cost, chunk.data);
+                if !chunk.cached {
+                    state
+                        .cache
+                        .insert(chunk.start, chunk.len, chunk.cost, chunk.data);
+                }
             }
             if !want_sync {
                 state.failure = None;
@@ -132,6 +140,9 @@ impl<D: Disk, C: Clock> Engine<D, C> {
             let _ = self.metrics.fsync_us.borrow_mut().record(micros.max(1));
             if let Err(error) = synced {
                 let mut state = self.state()?;
+                // The failed sync may have dropped what it covered: rewrite
+                // all of it before any later sync may succeed.
+                state.writer.sync_failed();
                 let path = self.segment_path(*base);
                 return Err(self.record_failure(
                     &mut state.failure,
