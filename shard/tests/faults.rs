@@ -18,14 +18,30 @@ fn segment0() -> PathBuf {
     Path::new(LOG).join("00000000000000000000.seg")
 }
 
-/// (position, length) of every valid entry in the first segment.
+/// (position, length) of every valid, chained entry in the first segment;
+/// a flush's padding up to the next block is stepped over.
 fn entries(disk: &MemDisk) -> Vec<(usize, usize)> {
     let bytes = disk.contents(&segment0()).unwrap();
-    let mut at = 0;
+    let mut at = 0usize;
+    let mut chain = None;
     let mut out = Vec::new();
-    while let Parsed::Entry(h) = parse_entry(&bytes[at..], (bytes.len() - at) as u64) {
-        out.push((at, h.length as usize));
-        at += h.length as usize;
+    loop {
+        let parse = |at: usize| match parse_entry(&bytes[at..], (bytes.len() - at) as u64) {
+            Parsed::Entry(h) if chain.is_none_or(|c| c == h.prev_crc) => Some(h),
+            _ => None,
+        };
+        let next_block = at.next_multiple_of(4096);
+        let (found, h) = match parse(at) {
+            Some(h) => (at, h),
+            None if next_block < bytes.len() => match parse(next_block) {
+                Some(h) => (next_block, h),
+                None => break,
+            },
+            None => break,
+        };
+        out.push((found, h.length as usize));
+        chain = Some(h.crc);
+        at = found + h.length as usize;
     }
     out
 }
@@ -51,11 +67,9 @@ fn stale_valid_entries_after_a_rewritten_tail_are_not_resurrected() {
             .create_topic(topic("y", 1, Durability::Always))
             .await
             .unwrap();
-        // A pads so that B ends on a block boundary; C starts a new block.
-        let (at, len) = *entries(&disk).last().unwrap();
-        let end = at + len;
+        // Each append is one flush: A, B and C each start a block.
         let b_len = 1000;
-        let a_len = 8192 - end - b_len;
+        let a_len = 3000;
         engine
             .append("x", 0, &batch_with_entry_len(a_len, 1))
             .await
@@ -68,7 +82,8 @@ fn stale_valid_entries_after_a_rewritten_tail_are_not_resurrected() {
         drop(engine);
         let all = entries(&disk);
         let (b_at, _) = all[all.len() - 2];
-        assert_eq!(b_at + b_len, 8192);
+        let (c_at, _) = all[all.len() - 1];
+        assert_eq!(c_at, (b_at + b_len).next_multiple_of(4096));
         // Media corruption inside B: the log now ends before B.
         disk.corrupt(&segment0(), b_at + 200);
         let engine = open(&disk, &clock, 1 << 20).await;
@@ -78,7 +93,8 @@ fn stale_valid_entries_after_a_rewritten_tail_are_not_resurrected() {
             0,
             "C follows the broken B"
         );
-        // D takes B's place and length, ending exactly where the stale C starts.
+        // D takes B's place and length; the stale C starts at the next block,
+        // where recovery looks for the log's continuation after padding.
         engine
             .append("x", 0, &batch_with_entry_len(b_len, 4))
             .await

@@ -11,10 +11,11 @@
 //!
 //! [`MemDisk::crash`] models power loss: a random prefix of the pending
 //! directory changes survives, and each write since the last sync is
-//! applied, dropped, torn (a random subset of its 512-byte sectors lands) or
-//! applied with one flipped bit. Assumption, as with real drives that keep
-//! sector writes atomic: bytes a write leaves unchanged are never damaged, so
-//! bit flips only land where the write changed the durable content.
+//! applied, dropped, torn (a random subset of its 512-byte sectors lands;
+//! in a block that already held bytes, the whole block or some of its
+//! sectors may instead be garbage, as a device without atomic 4 KiB writes
+//! leaves an interrupted rewrite) or applied with one flipped bit where it
+//! changed the durable content.
 
 use super::{Disk, DiskFile, IoBuffer};
 use std::cell::RefCell;
@@ -27,6 +28,7 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 
 const SECTOR_BYTES: usize = 512;
+const BLOCK_BYTES: usize = crate::codec::BLOCK_BYTES as usize;
 use crate::codec::is_aligned;
 
 /// splitmix64: tiny, seedable, good enough for fault schedules.
@@ -232,11 +234,7 @@ impl MemDisk {
                 } else if roll < 70 {
                     // Dropped.
                 } else if roll < 90 {
-                    for (i, sector) in bytes.chunks(SECTOR_BYTES).enumerate() {
-                        if state.rng.below(2) == 0 {
-                            apply(&mut image, at + i * SECTOR_BYTES, sector);
-                        }
-                    }
+                    tear(&mut state.rng, &mut image, at, &bytes);
                 } else {
                     let before = image.clone();
                     apply(&mut image, at, &bytes);
@@ -263,6 +261,33 @@ impl MemDisk {
     async fn maybe_yield(&self) {
         if self.roll(|f| f.yield_first) {
             YieldNow { yielded: false }.await;
+        }
+    }
+}
+
+/// A write interrupted by power loss: each 512-byte sector lands or not,
+/// and a block that already held bytes (written before) may be garbled,
+/// whole or sector by sector: the device does not write 4 KiB atomically,
+/// so an interrupted rewrite of a block damages what the block held.
+fn tear(rng: &mut Rng, image: &mut Vec<u8>, at: usize, bytes: &[u8]) {
+    for (j, block) in bytes.chunks(BLOCK_BYTES).enumerate() {
+        let block_at = at + j * BLOCK_BYTES;
+        let held = image
+            .get(block_at..(block_at + block.len()).min(image.len()))
+            .is_some_and(|old| old.iter().any(|b| *b != 0));
+        if held && rng.below(4) == 0 {
+            let garbage: Vec<u8> = (0..block.len()).map(|_| rng.next_u64() as u8).collect();
+            apply(image, block_at, &garbage);
+            continue;
+        }
+        for (i, sector) in block.chunks(SECTOR_BYTES).enumerate() {
+            let sector_at = block_at + i * SECTOR_BYTES;
+            if held && rng.below(4) == 0 {
+                let garbage: Vec<u8> = (0..sector.len()).map(|_| rng.next_u64() as u8).collect();
+                apply(image, sector_at, &garbage);
+            } else if rng.below(2) == 0 {
+                apply(image, sector_at, sector);
+            }
         }
     }
 }

@@ -11,8 +11,9 @@
 //!    the end of the log (a torn tail); at a segment's end the scan goes on
 //!    only if the next segment's first entry chains.
 //!    (Spare segments, `*.spare`, are deleted: see `StorageConfig::recycle_segments`.)
-//! 4. Delete segments after the end; read the partial last block back into
-//!    the writer; fdatasync what was scanned so recovered data is durable.
+//! 4. Delete segments after the end; the writer resumes at the block
+//!    boundary after the end (a written block is never rewritten); fdatasync
+//!    what was scanned so recovered data is durable.
 
 mod scan;
 
@@ -274,36 +275,12 @@ pub(crate) async fn recover<D: Disk, C: Clock>(
             })?;
         }
     }
-    let tail_start = align_down(end).max(tail_segment.base);
-    let tail = if end > tail_start {
-        let path = shown(&log_dir.join(segment_file_name(tail_segment.base)));
-        let block = tail_segment
-            .file
-            .read_at(
-                tail_start - tail_segment.base,
-                crate::codec::BLOCK_BYTES as usize,
-            )
-            .await
-            .map_err(|e| io_error("reading", &path, e))?;
-        let len = (end - tail_start) as usize;
-        if block.len() < len {
-            let e = std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "short read of the log tail",
-            );
-            return Err(io_error("reading", &path, e));
-        }
-        block[..len].to_vec()
-    } else {
-        Vec::new()
-    };
     let writer = Writer::new(
         tail_segment.file.clone(),
         tail_segment.base,
         tail_segment.end(),
         end,
         chain.unwrap_or(CHAIN_START),
-        &tail,
     );
     let tail_base = tail_segment.base;
     remove_stale_index_files(disk, index_dir, &segments, tail_base).await?;
