@@ -102,8 +102,9 @@ pub struct Pending<F: DiskFile> {
     pub target_chain: u32,
 }
 
-/// Written but unsynced bytes above which a flush syncs even if no append
-/// asks for it, so the chunks kept for a rewrite stay bounded.
+/// Memory held by written, unsynced chunks (their buffers' capacity) above
+/// which a flush syncs even if no append asks for it, so the chunks kept
+/// for a rewrite after a failed sync stay bounded.
 pub const MAX_UNSYNCED_BYTES: u64 = 64 << 20;
 
 pub struct Writer<F: DiskFile> {
@@ -203,7 +204,7 @@ impl<F: DiskFile> Writer<F> {
         self.end > self.written_end || !self.sealed.is_empty()
     }
 
-    /// Bytes written since the last successful sync.
+    /// Memory held by the chunks written since the last successful sync.
     pub fn unsynced_bytes(&self) -> u64 {
         self.unsynced_bytes
     }
@@ -365,7 +366,7 @@ impl<F: DiskFile> Writer<F> {
         assert!(target_end <= self.end);
         self.written_end = self.written_end.max(target_end);
         for chunk in chunks {
-            self.unsynced_bytes += chunk.data.as_bytes().len() as u64;
+            self.unsynced_bytes += chunk.cost as u64; // the memory it keeps
             self.unsynced.push(SealedChunk {
                 cached: true,
                 ..chunk.clone()
