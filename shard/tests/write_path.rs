@@ -198,3 +198,51 @@ fn a_torn_write_never_damages_acknowledged_bytes() {
 }
 
 const SEGMENT0: &str = "/data/shard-0/log/00000000000000000000.seg";
+
+/// A flush dropped while its fdatasync is under way never learns whether
+/// the sync failed (and dropped the writes it covered): that counts as a
+/// failed sync, so the next flush rewrites before syncing again.
+#[test]
+fn a_sync_whose_flush_is_dropped_counts_as_failed() {
+    use futures::FutureExt;
+    let mut covered = 0;
+    for polls in 1..24 {
+        let disk = MemDisk::new(24);
+        let clock = ManualClock::new(0);
+        futures::executor::block_on(async {
+            let engine = open(&disk, &clock, 1 << 20).await;
+            engine
+                .create_topic(topic("a", 1, Durability::Always))
+                .await
+                .unwrap();
+            let syncs = disk.stats().syncs;
+            disk.set_faults(Faults {
+                sync_error: 1.0,
+                yield_first: 1.0,
+                ..Faults::default()
+            });
+            {
+                let dropped = batch(1, 20_000, 0, 1);
+                let mut future = Box::pin(engine.append("a", 0, &dropped));
+                for _ in 0..polls {
+                    if (&mut future).now_or_never().is_some() {
+                        break;
+                    }
+                }
+            }
+            covered += (disk.stats().syncs > syncs) as u32;
+            disk.set_faults(Faults::default());
+            let b = batch(1, 100, 0, 2);
+            let out = engine.append("a", 0, &b).await.unwrap();
+            drop(engine);
+            disk.crash();
+            let engine = open(&disk, &clock, 1 << 20).await;
+            let got = engine.read("a", 0, out.base_offset, 1).await;
+            assert!(
+                got.is_ok_and(|g| g.batches == stored(&b, out.base_offset, out.append_time_ms)),
+                "dropped after {polls} polls: the acknowledged append reads back"
+            );
+        });
+    }
+    assert!(covered > 0, "some drop came after the failed sync");
+}

@@ -431,6 +431,40 @@ impl MemFile {
     }
 }
 
+impl MemFile {
+    /// The device's side of an fdatasync: pending writes become durable, or,
+    /// on an injected failure, are dropped.
+    fn sync_now(&self) -> io::Result<()> {
+        let fail = {
+            let mut state = self.disk.state.borrow_mut();
+            state.stats.syncs += 1;
+            let p = state.faults.sync_error;
+            state.rng.chance(p)
+        };
+        if fail {
+            // As Linux may after a failed writeback: the writes since the
+            // last sync are gone (reads see the durable image again), and
+            // the next sync succeeds without them.
+            self.with_inode(|inode| {
+                inode.pending.clear();
+                let len = inode.current.len().max(inode.durable.len());
+                inode.current = inode.durable.clone();
+                inode.current.resize(len, 0);
+            });
+            return Err(error(libc::EIO));
+        }
+        self.with_inode(|inode| {
+            for (at, bytes) in std::mem::take(&mut inode.pending) {
+                apply(&mut inode.durable, at, &bytes);
+            }
+            if inode.durable.len() < inode.current.len() {
+                inode.durable.resize(inode.current.len(), 0);
+            }
+        });
+        Ok(())
+    }
+}
+
 impl DiskFile for MemFile {
     type Buffer = MemBuffer;
     type ReadBuffer = Vec<u8>;
@@ -515,33 +549,11 @@ impl DiskFile for MemFile {
 
     async fn sync(&self) -> io::Result<()> {
         self.disk.maybe_yield().await;
-        let fail = {
-            let mut state = self.disk.state.borrow_mut();
-            state.stats.syncs += 1;
-            let p = state.faults.sync_error;
-            state.rng.chance(p)
-        };
-        if fail {
-            // As Linux may after a failed writeback: the writes since the
-            // last sync are gone (reads see the durable image again), and
-            // the next sync succeeds without them.
-            self.with_inode(|inode| {
-                inode.pending.clear();
-                let len = inode.current.len().max(inode.durable.len());
-                inode.current = inode.durable.clone();
-                inode.current.resize(len, 0);
-            });
-            return Err(error(libc::EIO));
-        }
-        self.with_inode(|inode| {
-            for (at, bytes) in std::mem::take(&mut inode.pending) {
-                apply(&mut inode.durable, at, &bytes);
-            }
-            if inode.durable.len() < inode.current.len() {
-                inode.durable.resize(inode.current.len(), 0);
-            }
-        });
-        Ok(())
+        let result = self.sync_now();
+        // The device has acted; the caller may still be dropped before it
+        // hears how it went.
+        self.disk.maybe_yield().await;
+        result
     }
 
     async fn size(&self) -> io::Result<u64> {

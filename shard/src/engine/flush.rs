@@ -2,7 +2,8 @@
 //! fdatasync the touched segment files if any pending append needs it.
 //! Only the holder of the flush gate's permit runs this.
 //!
-//! A failed fdatasync fails every append waiting for it and queues all
+//! A failed fdatasync (or one whose flush was dropped before it returned,
+//! its error lost) fails every append waiting for it and queues all
 //! chunks written since the last good sync to be written again: Linux may
 //! have dropped them and reports that only once, so the next sync alone
 //! would mark lost bytes durable ("fsyncgate").
@@ -36,6 +37,24 @@ impl<D: Disk, C: Clock> Drop for InFlight<'_, D, C> {
         if let Some(chunks) = self.chunks.take() {
             if let Ok(mut state) = self.engine.state() {
                 state.writer.restore(chunks);
+            }
+        }
+    }
+}
+
+/// Syncs under way: if they do not all succeed (one fails, or the flush is
+/// dropped before it learns how they went, losing any error with it), every
+/// chunk written since the last good sync is queued to be written again.
+struct SyncsInFlight<'a, D: Disk, C: Clock> {
+    engine: &'a Engine<D, C>,
+    succeeded: bool,
+}
+
+impl<D: Disk, C: Clock> Drop for SyncsInFlight<'_, D, C> {
+    fn drop(&mut self) {
+        if !self.succeeded {
+            if let Ok(mut state) = self.engine.state() {
+                state.writer.sync_failed();
             }
         }
     }
@@ -133,16 +152,20 @@ impl<D: Disk, C: Clock> Engine<D, C> {
         }
         // Clones: a file leaves the dirty list only once a sync of it worked.
         let files = self.state()?.dirty_files.clone();
+        let mut syncs = SyncsInFlight {
+            engine: self,
+            succeeded: false,
+        };
         for (base, file) in &files {
             let started = Instant::now();
             let synced = file.sync().await;
             let micros = started.elapsed().as_micros() as u64;
             let _ = self.metrics.fsync_us.borrow_mut().record(micros.max(1));
             if let Err(error) = synced {
-                let mut state = self.state()?;
                 // The failed sync may have dropped what it covered: rewrite
                 // all of it before any later sync may succeed.
-                state.writer.sync_failed();
+                drop(syncs);
+                let mut state = self.state()?;
                 let path = self.segment_path(*base);
                 return Err(self.record_failure(
                     &mut state.failure,
@@ -153,6 +176,8 @@ impl<D: Disk, C: Clock> Engine<D, C> {
                 ));
             }
         }
+        syncs.succeeded = true;
+        drop(syncs);
         {
             let mut state = self.state()?;
             // Only the permit holder writes, so nothing was dirtied meanwhile.
