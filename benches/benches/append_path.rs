@@ -44,7 +44,7 @@ fn cpu(c: &mut Criterion) {
             disk.create_dir_all(Path::new("/b")).await.unwrap();
             Rc::new(disk.create(Path::new("/b/seg")).await.unwrap())
         });
-        let mut writer = Writer::new(file, 0, 1 << 40, 0, 0, &[]);
+        let mut writer = Writer::new(file, 0, 1 << 40, 0, 0);
         let mut index = PartitionIndex::new();
         let mut next_offset = 0u64;
         group.bench_function(format!("cpu_{}x1KiB", records), |b| {
@@ -66,7 +66,7 @@ fn cpu(c: &mut Criterion) {
                 next_offset += header.record_count as u64;
                 if writer.pending_bytes() > 4 << 20 {
                     let taken = writer.take_pending();
-                    writer.mark_written(taken.target_end);
+                    writer.mark_written(taken.target_end, &taken.chunks);
                     writer.mark_durable(taken.target_end, taken.target_chain);
                 }
                 if index.len() > 1 << 20 {

@@ -70,14 +70,10 @@ fn another_shard_count_is_refused_and_the_data_kept() {
 
 /// (position, length) of every valid entry in a segment file.
 fn entries(segment: &[u8]) -> Vec<(usize, usize)> {
-    use coremq_shard::commitlog::entry::{parse_entry, Parsed};
-    let mut at = 0;
-    let mut out = Vec::new();
-    while let Parsed::Entry(h) = parse_entry(&segment[at..], (segment.len() - at) as u64) {
-        out.push((at, h.length as usize));
-        at += h.length as usize;
-    }
-    out
+    coremq_shard::commitlog::entry::walk_entries(segment)
+        .into_iter()
+        .map(|(at, h)| (at, h.length as usize))
+        .collect()
 }
 
 /// Rotten bytes in the middle of acknowledged data: the broker refuses to

@@ -1,9 +1,11 @@
 //! Append throughput of one shard on glommio DMA files.
 //!
-//! `cargo run --release -p coremq-shard --example append_throughput -- [always|interval|never] [appenders] [appends] [dir]`
+//! `cargo run --release -p coremq-shard --example append_throughput -- [always|interval|never] [appenders] [appends] [dir] [records]`
 //!
-//! Each appender loops over 64 KiB batches of 64 records of 1 KiB (one
-//! outstanding append each), so group commit batches the concurrent ones.
+//! Each appender loops over batches of `records` (default 64) records of
+//! 1 KiB (one outstanding append each), so group commit batches the
+//! concurrent ones. Prints the bytes the flushes wrote (padding included)
+//! per byte appended.
 //! The executor gets `StorageConfig::io_memory_bytes()` of io_memory.
 
 use coremq_shard::{Durability, ShardId, ShardStorage, StorageConfig, TopicConfig};
@@ -25,13 +27,14 @@ fn main() {
         args.get(4)
             .map_or("coremq-append-throughput", String::as_str),
     );
+    let records: i64 = args.get(5).map_or(64, |s| s.parse().expect("records"));
     let _ = std::fs::remove_dir_all(&dir);
     let config = StorageConfig::new(ShardId(0), 1, dir.clone());
     glommio::LocalExecutorBuilder::default()
         .io_memory(config.io_memory_bytes())
         .spawn(move || async move {
-            let mut builder = BatchBuilder::with_capacity(70_000);
-            for i in 0..64 {
+            let mut builder = BatchBuilder::with_capacity(records as usize * 1100);
+            for i in 0..records {
                 builder.push(i, Some(b"key"), &[7u8; 1024], &[]).unwrap();
             }
             let batch = Rc::new(builder.finish());
@@ -66,13 +69,14 @@ fn main() {
                 (fsync.value_at_quantile(0.5), fsync.value_at_quantile(0.99))
             };
             println!(
-                "{durability} x{appenders}: {:.0} MB/s ({} appends of {} B in {elapsed:?}), {} flushes, fsync p50 {} us p99 {} us",
+                "{durability} x{appenders}: {:.0} MB/s ({} appends of {} B in {elapsed:?}), {} flushes, fsync p50 {} us p99 {} us, {:.3} B written per B appended",
                 bytes / elapsed.as_secs_f64() / 1e6,
                 appends / appenders * appenders,
                 batch.len(),
                 m.flushes.get(),
                 p50,
                 p99,
+                m.flush_bytes.get() as f64 / m.appended_bytes.get() as f64,
             );
             storage.close().await.unwrap();
         })

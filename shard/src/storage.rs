@@ -81,7 +81,7 @@ pub struct StorageMetrics {
     pub fsync_us: RefCell<hdrhistogram::Histogram<u64>>,
     /// Time of the O_DIRECT write(s) of one flush (all its chunks, issued together).
     pub write_us: RefCell<hdrhistogram::Histogram<u64>>,
-    /// Bytes written by one flush (padded chunks, so the rewritten partial block counts).
+    /// Bytes written by one flush (padded chunks: the padding to the block boundary counts).
     pub flush_size: RefCell<hdrhistogram::Histogram<u64>>,
     pub flush_bytes: std::cell::Cell<u64>,
     pub flushes: std::cell::Cell<u64>,

@@ -1,7 +1,8 @@
 //! Seeded crash tests on the fault-injecting memory disk.
 //!
 //! Each seed runs concurrent appends to topics of every durability while the
-//! disk fails writes and syncs, tears writes and yields at random; then the
+//! disk fails writes and syncs (a failed sync drops the file's unsynced
+//! writes), tears writes and yields at random; then the
 //! power goes (unsynced writes are dropped, torn or bit-flipped) and the
 //! shard recovers. Twice per seed. Invariants checked after every crash:
 //! - every append acknowledged under `always` is readable, byte for byte;

@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use coremq_shard::clock::ManualClock;
-use coremq_shard::commitlog::entry::{parse_entry, EntryKind, Parsed};
+use coremq_shard::commitlog::entry::{walk_entries, EntryKind};
 use coremq_shard::disk::memory::MemDisk;
 use coremq_shard::{DataLoss, Durability};
 use coremq_wire::batch::split_batches;
@@ -18,15 +18,11 @@ const SEGMENT: &str = "/data/shard-0/log/00000000000000000000.seg";
 /// (position, length) of every batch entry of the first segment.
 fn batch_entries(disk: &MemDisk) -> Vec<(usize, usize)> {
     let bytes = disk.contents(Path::new(SEGMENT)).expect("segment");
-    let mut at = 0;
-    let mut out = Vec::new();
-    while let Parsed::Entry(h) = parse_entry(&bytes[at..], (bytes.len() - at) as u64) {
-        if h.kind == EntryKind::Batch {
-            out.push((at, h.length as usize));
-        }
-        at += h.length as usize;
-    }
-    out
+    walk_entries(&bytes)
+        .into_iter()
+        .filter(|(_, h)| h.kind == EntryKind::Batch)
+        .map(|(at, h)| (at, h.length as usize))
+        .collect()
 }
 
 fn base_offsets(batches: &[u8]) -> Vec<u64> {

@@ -38,6 +38,7 @@ fn time_retention_deletes_expired_segments_and_survives_a_crash() {
                 clock.advance_ms(600);
             }
         }
+        engine.maintenance().await.unwrap(); // may prepare the next segment
         let before = segments(&disk);
         assert!(before >= 4);
         engine.maintenance().await.unwrap();
@@ -60,11 +61,17 @@ fn time_retention_deletes_expired_segments_and_survives_a_crash() {
         let engine = open(&disk, &clock, 32 << 10).await;
         assert_eq!(engine.log_start_offset("t", 0).unwrap(), start);
         assert_eq!(engine.high_watermark("t", 0).unwrap(), 50);
-        assert_eq!(segments(&disk), after);
+        // Recovery drops a next segment maintenance had prepared (empty).
+        let recovered = segments(&disk);
+        assert!(
+            recovered == after || recovered + 1 == after,
+            "{after} -> {recovered}"
+        );
         // Everything expires; the segment being written stays.
         clock.advance_ms(10_000);
         engine.maintenance().await.unwrap();
-        assert_eq!(segments(&disk), 1);
+        // The segment being written, and maybe the prepared next one.
+        assert!(segments(&disk) <= 2, "{} segments", segments(&disk));
         for p in 0..2 {
             // What is left lives in the segment being written.
             let left = engine.log_start_offset("t", p).unwrap();
@@ -107,6 +114,7 @@ fn a_partition_without_retention_holds_shared_segments() {
                 .await
                 .unwrap();
         }
+        engine.maintenance().await.unwrap(); // may prepare the next segment
         let before = segments(&disk);
         clock.advance_ms(1_000);
         engine.maintenance().await.unwrap();
@@ -118,7 +126,8 @@ fn a_partition_without_retention_holds_shared_segments() {
         // Once 'forever' is deleted, its data no longer holds anything back.
         engine.delete_topic("forever").await.unwrap();
         engine.maintenance().await.unwrap();
-        assert_eq!(segments(&disk), 1);
+        // The segment being written, and maybe the prepared next one.
+        assert!(segments(&disk) <= 2, "{} segments", segments(&disk));
         drop(engine);
         let engine = open(&disk, &clock, 32 << 10).await;
         assert!(engine.topic("forever").is_none());
@@ -158,7 +167,10 @@ fn size_retention_keeps_at_least_the_limit() {
             "kept {}",
             kept.batches.len()
         );
-        assert!(segments(&disk) <= 4, "{} segments", segments(&disk));
+        // Each append here is one flush, padded to a block: 1 KiB of data
+        // takes 4 KiB of log, so the 50 KiB kept take about 7 segments,
+        // plus the one being written and the one prepared.
+        assert!(segments(&disk) <= 9, "{} segments", segments(&disk));
     });
 }
 

@@ -227,6 +227,39 @@ pub fn parse_entry(bytes: &[u8], room: u64) -> Parsed {
     })
 }
 
+/// Every valid, chained entry of a segment image from its start, as
+/// recovery walks it (stepping over a flush's zero padding to the next block
+/// boundary): `(file offset, header)`. For tools and tests that look at
+/// segment files; recovery itself reads through windows.
+pub fn walk_entries(segment: &[u8]) -> Vec<(usize, EntryHeader)> {
+    let block = crate::codec::BLOCK_BYTES as usize;
+    let mut at = 0usize;
+    let mut chain: Option<u32> = None;
+    let mut out = Vec::new();
+    let parse = |at: usize, chain: Option<u32>| match parse_entry(
+        &segment[at..],
+        (segment.len() - at) as u64,
+    ) {
+        Parsed::Entry(h) if chain.is_none_or(|c| c == h.prev_crc) => Some(h),
+        _ => None,
+    };
+    while at < segment.len() {
+        let next_block = at.next_multiple_of(block);
+        let found = match parse(at, chain) {
+            Some(h) => Some((at, h)),
+            None if chain.is_some() && next_block != at && next_block < segment.len() => {
+                parse(next_block, chain).map(|h| (next_block, h))
+            }
+            None => None,
+        };
+        let Some((found, h)) = found else { break };
+        out.push((found, h));
+        chain = Some(h.crc);
+        at = found + h.length as usize;
+    }
+    out
+}
+
 /// The batch header of a batch entry that [`parse_entry`] accepted.
 pub fn batch_header(entry: &[u8]) -> BatchHeader {
     BatchHeader::parse(&entry[ENTRY_HEADER_LEN..]).expect("parse_entry checked the batch")

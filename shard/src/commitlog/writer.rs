@@ -3,16 +3,26 @@
 //! Appends copy their entry into the *active chunk*, an aligned buffer that
 //! starts at a block boundary of the current segment. A flush *seals* the
 //! active chunk (zero-pads it to a block multiple and freezes it behind an
-//! `Rc`), starts a new active chunk with a copy of the partial last block,
-//! and writes the sealed chunks, one aligned write each; the partial block
-//! is thus rewritten by the next flush. A chunk that fills up is sealed
-//! early, whole blocks only (its partial block moves to the next chunk), so
-//! the chunks of one flush never overlap and are written concurrently.
+//! `Rc`), moves `end` to the next block boundary and starts a new, empty
+//! active chunk there; then it writes the sealed chunks, one aligned write
+//! each. So no block is ever written twice (a retry after a failed write or
+//! sync aside): a torn write can only damage the block range of its own
+//! flush, never bytes an earlier flush made durable, even on a device that
+//! does not write 4 KiB atomically. The padding costs on average half a
+//! block per flush; recovery steps over it (`recovery/scan.rs`). A chunk
+//! that fills up is sealed early, whole blocks only (its partial block moves
+//! to the next chunk), so the chunks of one flush never overlap and are
+//! written concurrently.
 //!
 //! Positions, all global log positions:
 //! `durable_end <= written_end <= end`; data below `written_end` is on disk,
 //! below `durable_end` it is also synced. A failed flush puts its chunks
 //! back, so a later flush retries them; positions never move back.
+//!
+//! Written chunks stay listed as *unsynced* until a sync covers them. A
+//! failed fdatasync may have dropped their bytes (Linux reports the error
+//! once and then forgets the lost pages), so [`Writer::sync_failed`] queues
+//! them again: no later sync happens before they are rewritten.
 
 use crate::codec::{align_down, align_up, is_aligned};
 use crate::commitlog::entry::{durable_back, seal_entry, EntryKind, ENTRY_HEADER_LEN};
@@ -54,6 +64,8 @@ pub struct SealedChunk<F: DiskFile> {
     /// Bytes of memory the buffer holds (for the cache budget).
     pub cost: usize,
     pub data: Rc<F::Buffer>,
+    /// Already in the read cache: a rewrite after a failed sync.
+    pub cached: bool,
 }
 
 impl<F: DiskFile> SealedChunk<F> {
@@ -76,6 +88,7 @@ impl<F: DiskFile> Clone for SealedChunk<F> {
             len: self.len,
             cost: self.cost,
             data: self.data.clone(),
+            cached: self.cached,
         }
     }
 }
@@ -89,9 +102,17 @@ pub struct Pending<F: DiskFile> {
     pub target_chain: u32,
 }
 
+/// Memory held by written, unsynced chunks (their buffers' capacity) above
+/// which a flush syncs even if no append asks for it, so the chunks kept
+/// for a rewrite after a failed sync stay bounded.
+pub const MAX_UNSYNCED_BYTES: u64 = 64 << 20;
+
 pub struct Writer<F: DiskFile> {
     active: ActiveChunk<F>,
     sealed: VecDeque<SealedChunk<F>>,
+    /// Chunks written since the last successful sync, in log order.
+    unsynced: Vec<SealedChunk<F>>,
+    unsynced_bytes: u64,
     end: u64,
     written_end: u64,
     durable_end: u64,
@@ -101,32 +122,32 @@ pub struct Writer<F: DiskFile> {
 }
 
 impl<F: DiskFile> Writer<F> {
-    /// Resumes writing at `end` in the segment `[segment_base, segment_end)`;
-    /// `tail` holds the bytes `[align_down(end), end)` already in the file.
+    /// Resumes writing after the log's last entry, which ends at
+    /// `log_end` in the segment `[segment_base, segment_end)`: at the next
+    /// block boundary, so the block holding that entry is never rewritten.
     pub fn new(
         file: Rc<F>,
         segment_base: u64,
         segment_end: u64,
-        end: u64,
+        log_end: u64,
         chain: u32,
-        tail: &[u8],
     ) -> Writer<F> {
         assert!(is_aligned(segment_base) && is_aligned(segment_end));
-        assert!(segment_base <= end && end <= segment_end);
-        let start = align_down(end).max(segment_base);
-        assert_eq!(tail.len() as u64, end - start, "tail is the partial block");
-        let mut buffer = file.alloc_buffer(MIN_CHUNK_BYTES);
-        buffer.as_bytes_mut()[..tail.len()].copy_from_slice(tail);
+        assert!(segment_base <= log_end && log_end <= segment_end);
+        let end = align_up(log_end);
+        let buffer = file.alloc_buffer(MIN_CHUNK_BYTES);
         Writer {
             active: ActiveChunk {
                 file,
                 segment_base,
                 segment_end,
-                start,
+                start: end,
                 buffer,
-                len: tail.len(),
+                len: 0,
             },
             sealed: VecDeque::new(),
+            unsynced: Vec::new(),
+            unsynced_bytes: 0,
             end,
             written_end: end,
             durable_end: end,
@@ -177,9 +198,15 @@ impl<F: DiskFile> Writer<F> {
         sealed + self.active.end().saturating_sub(from)
     }
 
-    /// Whether a flush has anything to do (write or advance `written_end`).
+    /// Whether a flush has anything to do (write or advance `written_end`,
+    /// or rewrite what a failed sync may have dropped).
     pub fn has_unwritten(&self) -> bool {
-        self.end > self.written_end
+        self.end > self.written_end || !self.sealed.is_empty()
+    }
+
+    /// Memory held by the chunks written since the last successful sync.
+    pub fn unsynced_bytes(&self) -> u64 {
+        self.unsynced_bytes
     }
 
     /// Where data already handed to a write (sealed or written) ends.
@@ -203,7 +230,7 @@ impl<F: DiskFile> Writer<F> {
         assert!(length as u64 <= self.room(), "caller checks room first");
         if self.active.len + length > self.active.capacity() {
             let tail = (self.end - align_down(self.end)) as usize;
-            self.seal_active(align_up((tail + length) as u64) as usize, true);
+            self.seal_full_blocks(align_up((tail + length) as u64) as usize);
         }
         let position = self.end;
         let at = self.active.len;
@@ -218,13 +245,32 @@ impl<F: DiskFile> Writer<F> {
         position
     }
 
-    /// Freezes the active chunk into the pending list and starts a new one
-    /// at its partial last block. `whole_blocks`: seal only the full blocks
-    /// and move the partial one over (a chunk that filled up; chunks of one
-    /// flush then never overlap and may be written concurrently). Otherwise
-    /// seal everything, padded, and copy the partial block (a flush: the
-    /// next flush rewrites it).
-    fn seal_active(&mut self, min_capacity: usize, whole_blocks: bool) {
+    /// A flush takes the active chunk whole, zero padded; the log goes on
+    /// at the next block boundary, in a new chunk.
+    fn seal_for_flush(&mut self) {
+        let next = align_up(self.end);
+        assert!(
+            next <= self.active.segment_end,
+            "segments are block aligned"
+        );
+        let buffer = self.active.file.alloc_buffer(self.next_capacity);
+        let fresh = ActiveChunk {
+            file: self.active.file.clone(),
+            segment_base: self.active.segment_base,
+            segment_end: self.active.segment_end,
+            start: next,
+            buffer,
+            len: 0,
+        };
+        let old = std::mem::replace(&mut self.active, fresh);
+        self.push_sealed(old);
+        self.end = next;
+    }
+
+    /// A chunk that filled up: freezes its full blocks into the pending
+    /// list and moves its partial last block into a new chunk, so the
+    /// chunks of one flush never overlap and may be written concurrently.
+    fn seal_full_blocks(&mut self, min_capacity: usize) {
         let tail_start = align_down(self.end).max(self.active.segment_base);
         let tail_len = (self.end - tail_start) as usize;
         let capacity = self
@@ -244,16 +290,18 @@ impl<F: DiskFile> Writer<F> {
             len: tail_len,
         };
         let mut old = std::mem::replace(&mut self.active, next);
-        if whole_blocks {
-            old.len = from;
-        }
+        old.len = from;
         self.push_sealed(old);
     }
 
     fn push_sealed(&mut self, mut chunk: ActiveChunk<F>) {
-        if chunk.len == 0 || chunk.end() <= self.covered_end() {
-            return; // Nothing new in it: only the copy of an already covered block.
+        if chunk.len == 0 {
+            return;
         }
+        assert!(
+            chunk.start >= self.covered_end(),
+            "a block is written by one flush only"
+        );
         let cost = chunk.capacity();
         let padded = align_up(chunk.len as u64) as usize;
         chunk.buffer.as_bytes_mut()[chunk.len..padded].fill(0);
@@ -265,6 +313,7 @@ impl<F: DiskFile> Writer<F> {
             len: chunk.len,
             cost,
             data: Rc::new(chunk.buffer),
+            cached: false,
         });
     }
 
@@ -298,8 +347,8 @@ impl<F: DiskFile> Writer<F> {
         self.next_capacity = (bytes * 2)
             .next_power_of_two()
             .clamp(MIN_CHUNK_BYTES, MAX_CHUNK_BYTES);
-        if self.active.len > 0 && self.active.end() > self.covered_end() {
-            self.seal_active(0, false);
+        if self.active.len > 0 {
+            self.seal_for_flush();
         }
         Pending {
             chunks: self.sealed.drain(..).collect(),
@@ -315,16 +364,42 @@ impl<F: DiskFile> Writer<F> {
         }
     }
 
-    pub fn mark_written(&mut self, target_end: u64) {
+    /// A flush wrote up to `target_end`; `chunks` are what it wrote.
+    pub fn mark_written(&mut self, target_end: u64, chunks: &[SealedChunk<F>]) {
         assert!(target_end <= self.end);
         self.written_end = self.written_end.max(target_end);
+        for chunk in chunks {
+            self.unsynced_bytes += chunk.cost as u64; // the memory it keeps
+            self.unsynced.push(SealedChunk {
+                cached: true,
+                ..chunk.clone()
+            });
+        }
     }
 
+    /// A sync failed: everything written since the last successful sync
+    /// may be gone from the disk. Queues it to be written again, before
+    /// whatever is pending, so the next sync covers it.
+    pub fn sync_failed(&mut self) {
+        self.unsynced_bytes = 0;
+        for chunk in self.unsynced.drain(..).rev() {
+            self.sealed.push_front(chunk);
+        }
+    }
+
+    /// A sync of every written file succeeded after the flush that wrote up
+    /// to `target_end` (and nothing was written since).
     pub fn mark_durable(&mut self, target_end: u64, target_chain: u32) {
         assert!(
             target_end <= self.written_end,
             "only written data becomes durable"
         );
+        assert!(
+            self.unsynced.iter().all(|c| c.end() <= target_end),
+            "a sync covers every chunk written before it"
+        );
+        self.unsynced.clear();
+        self.unsynced_bytes = 0;
         if target_end > self.durable_end {
             self.durable_end = target_end;
             self.durable_chain = target_chain;
@@ -353,11 +428,11 @@ mod tests {
     }
 
     #[test]
-    fn flush_takes_aligned_chunks_and_rewrites_the_tail_block() {
-        let mut w = Writer::new(file(), 0, 1 << 20, 0, 0, &[]);
+    fn a_flush_pads_to_its_block_and_the_next_starts_at_the_next_block() {
+        let mut w = Writer::new(file(), 0, 1 << 20, 0, 0);
         assert_eq!(add(&mut w, 100, 1), 0);
         let p = w.take_pending();
-        assert_eq!(p.target_end, 132);
+        assert_eq!(p.target_end, 4096, "the padding is part of the flush");
         assert_eq!(p.chunks.len(), 1);
         let c = &p.chunks[0];
         assert_eq!((c.start, c.len, c.data.as_bytes().len()), (0, 132, 4096));
@@ -365,29 +440,26 @@ mod tests {
             c.data.as_bytes()[132..].iter().all(|b| *b == 0),
             "zero padded"
         );
-        w.mark_written(p.target_end);
+        w.mark_written(p.target_end, &p.chunks);
         // Nothing new: nothing to write.
         assert!(w.take_pending().chunks.is_empty());
+        let first_crc = crate::codec::get_u32(c.data.as_bytes(), 24);
         let second = add(&mut w, 10, 2);
-        assert_eq!(second, 132);
+        assert_eq!(second, 4096, "the written block is never rewritten");
         let p = w.take_pending();
         assert_eq!(p.chunks.len(), 1);
         let c = &p.chunks[0];
-        assert_eq!((c.start, c.len), (0, 174), "the partial block is rewritten");
-        let bytes = c.data.as_bytes();
-        assert!(matches!(
-            parse_entry(&bytes[..132], 1 << 20),
-            Parsed::Entry(_)
-        ));
-        match parse_entry(&bytes[132..174], 1 << 20) {
-            Parsed::Entry(h) => assert_eq!(h.prev_crc, crate::codec::get_u32(bytes, 24)),
+        assert_eq!((c.start, c.len), (4096, 42));
+        match parse_entry(&c.data.as_bytes()[..42], 1 << 20) {
+            Parsed::Entry(h) => assert_eq!(h.prev_crc, first_crc, "chained across the padding"),
             other => panic!("{other:?}"),
         }
+        assert_eq!(p.target_end, 8192);
     }
 
     #[test]
     fn full_chunks_are_sealed_early_and_segments_switch() {
-        let mut w = Writer::new(file(), 0, 1 << 30, 0, 0, &[]);
+        let mut w = Writer::new(file(), 0, 1 << 30, 0, 0);
         for i in 0..40 {
             add(&mut w, 10_000, i);
         }
@@ -400,8 +472,8 @@ mod tests {
                 "chunks overlap in one block"
             );
         }
-        assert_eq!(p.chunks.last().unwrap().end(), p.target_end);
-        w.mark_written(p.target_end);
+        assert_eq!(align_up(p.chunks.last().unwrap().end()), p.target_end);
+        w.mark_written(p.target_end, &p.chunks);
         add(&mut w, 10, 9);
         w.switch_segment(file(), 1 << 30, 1 << 20);
         assert_eq!(w.end(), 1 << 30);
@@ -409,6 +481,6 @@ mod tests {
         let p = w.take_pending();
         assert_eq!(p.chunks.len(), 2);
         assert_eq!(p.chunks[1].start, 1 << 30);
-        assert_eq!(p.target_end, (1 << 30) + 42);
+        assert_eq!(p.target_end, (1 << 30) + 4096);
     }
 }

@@ -5,14 +5,17 @@
 //! of writes since its last sync. Directory changes are pending until
 //! `sync_dir`. Runtime faults (EIO on write / sync / read, short writes, bit
 //! flips on read) and operations that yield to other tasks are drawn from one
-//! seeded generator, so a failing run is replayed from its seed.
+//! seeded generator, so a failing run is replayed from its seed. A failed
+//! sync drops the file's writes since its last sync (Linux may drop the
+//! dirty data and report the error once: "fsyncgate").
 //!
 //! [`MemDisk::crash`] models power loss: a random prefix of the pending
 //! directory changes survives, and each write since the last sync is
-//! applied, dropped, torn (a random subset of its 512-byte sectors lands) or
-//! applied with one flipped bit. Assumption, as with real drives that keep
-//! sector writes atomic: bytes a write leaves unchanged are never damaged, so
-//! bit flips only land where the write changed the durable content.
+//! applied, dropped, torn (a random subset of its 512-byte sectors lands;
+//! in a block that already held bytes, the whole block or some of its
+//! sectors may instead be garbage, as a device without atomic 4 KiB writes
+//! leaves an interrupted rewrite) or applied with one flipped bit where it
+//! changed the durable content.
 
 use super::{Disk, DiskFile, IoBuffer};
 use std::cell::RefCell;
@@ -25,6 +28,7 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 
 const SECTOR_BYTES: usize = 512;
+const BLOCK_BYTES: usize = crate::codec::BLOCK_BYTES as usize;
 use crate::codec::is_aligned;
 
 /// splitmix64: tiny, seedable, good enough for fault schedules.
@@ -230,11 +234,7 @@ impl MemDisk {
                 } else if roll < 70 {
                     // Dropped.
                 } else if roll < 90 {
-                    for (i, sector) in bytes.chunks(SECTOR_BYTES).enumerate() {
-                        if state.rng.below(2) == 0 {
-                            apply(&mut image, at + i * SECTOR_BYTES, sector);
-                        }
-                    }
+                    tear(&mut state.rng, &mut image, at, &bytes);
                 } else {
                     let before = image.clone();
                     apply(&mut image, at, &bytes);
@@ -261,6 +261,33 @@ impl MemDisk {
     async fn maybe_yield(&self) {
         if self.roll(|f| f.yield_first) {
             YieldNow { yielded: false }.await;
+        }
+    }
+}
+
+/// A write interrupted by power loss: each 512-byte sector lands or not,
+/// and a block that already held bytes (written before) may be garbled,
+/// whole or sector by sector: the device does not write 4 KiB atomically,
+/// so an interrupted rewrite of a block damages what the block held.
+fn tear(rng: &mut Rng, image: &mut Vec<u8>, at: usize, bytes: &[u8]) {
+    for (j, block) in bytes.chunks(BLOCK_BYTES).enumerate() {
+        let block_at = at + j * BLOCK_BYTES;
+        let held = image
+            .get(block_at..(block_at + block.len()).min(image.len()))
+            .is_some_and(|old| old.iter().any(|b| *b != 0));
+        if held && rng.below(4) == 0 {
+            let garbage: Vec<u8> = (0..block.len()).map(|_| rng.next_u64() as u8).collect();
+            apply(image, block_at, &garbage);
+            continue;
+        }
+        for (i, sector) in block.chunks(SECTOR_BYTES).enumerate() {
+            let sector_at = block_at + i * SECTOR_BYTES;
+            if held && rng.below(4) == 0 {
+                let garbage: Vec<u8> = (0..sector.len()).map(|_| rng.next_u64() as u8).collect();
+                apply(image, sector_at, &garbage);
+            } else if rng.below(2) == 0 {
+                apply(image, sector_at, sector);
+            }
         }
     }
 }
@@ -404,6 +431,40 @@ impl MemFile {
     }
 }
 
+impl MemFile {
+    /// The device's side of an fdatasync: pending writes become durable, or,
+    /// on an injected failure, are dropped.
+    fn sync_now(&self) -> io::Result<()> {
+        let fail = {
+            let mut state = self.disk.state.borrow_mut();
+            state.stats.syncs += 1;
+            let p = state.faults.sync_error;
+            state.rng.chance(p)
+        };
+        if fail {
+            // As Linux may after a failed writeback: the writes since the
+            // last sync are gone (reads see the durable image again), and
+            // the next sync succeeds without them.
+            self.with_inode(|inode| {
+                inode.pending.clear();
+                let len = inode.current.len().max(inode.durable.len());
+                inode.current = inode.durable.clone();
+                inode.current.resize(len, 0);
+            });
+            return Err(error(libc::EIO));
+        }
+        self.with_inode(|inode| {
+            for (at, bytes) in std::mem::take(&mut inode.pending) {
+                apply(&mut inode.durable, at, &bytes);
+            }
+            if inode.durable.len() < inode.current.len() {
+                inode.durable.resize(inode.current.len(), 0);
+            }
+        });
+        Ok(())
+    }
+}
+
 impl DiskFile for MemFile {
     type Buffer = MemBuffer;
     type ReadBuffer = Vec<u8>;
@@ -488,24 +549,11 @@ impl DiskFile for MemFile {
 
     async fn sync(&self) -> io::Result<()> {
         self.disk.maybe_yield().await;
-        let fail = {
-            let mut state = self.disk.state.borrow_mut();
-            state.stats.syncs += 1;
-            let p = state.faults.sync_error;
-            state.rng.chance(p)
-        };
-        if fail {
-            return Err(error(libc::EIO));
-        }
-        self.with_inode(|inode| {
-            for (at, bytes) in std::mem::take(&mut inode.pending) {
-                apply(&mut inode.durable, at, &bytes);
-            }
-            if inode.durable.len() < inode.current.len() {
-                inode.durable.resize(inode.current.len(), 0);
-            }
-        });
-        Ok(())
+        let result = self.sync_now();
+        // The device has acted; the caller may still be dropped before it
+        // hears how it went.
+        self.disk.maybe_yield().await;
+        result
     }
 
     async fn size(&self) -> io::Result<u64> {

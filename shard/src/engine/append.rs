@@ -22,6 +22,22 @@ enum Step {
     Copied,
     Roll(u64),
     Flush,
+    /// Another append is moving to a new segment: wait for it.
+    AwaitRoll,
+}
+
+/// Counts a roll from its start (before it waits for `roll_lock`) to its
+/// end, also when the rolling append is dropped.
+struct RollUnderWay<'a> {
+    rolls: &'a std::cell::Cell<usize>,
+    done: &'a event_listener::Event,
+}
+
+impl Drop for RollUnderWay<'_> {
+    fn drop(&mut self) {
+        self.rolls.set(self.rolls.get() - 1);
+        self.done.notify(usize::MAX);
+    }
 }
 
 impl<D: Disk, C: Clock> Engine<D, C> {
@@ -65,6 +81,11 @@ impl<D: Disk, C: Clock> Engine<D, C> {
         let mut copied_bytes = 0u64;
         let mut first_offset = None;
         let mut last_offset = 0u64;
+        // An append that waits for a new segment keeps its place: appends
+        // that have copied nothing yet wait for every roll under way, and
+        // the rolling append copies as soon as its roll ends (no await in
+        // between), so offsets follow submission order per partition.
+        let mut rolled = false;
         let (end, needs_sync, copied_at) = loop {
             let step = {
                 let mut guard = self.state()?;
@@ -75,6 +96,8 @@ impl<D: Disk, C: Clock> Engine<D, C> {
                         return Err(failure.to_error());
                     }
                     Step::Flush
+                } else if copied == 0 && !rolled && self.rolls_under_way.get() > 0 {
+                    Step::AwaitRoll
                 } else {
                     let remaining = entry_bytes - copied_bytes;
                     // A request that fits in half a segment is never split.
@@ -121,7 +144,16 @@ impl<D: Disk, C: Clock> Engine<D, C> {
             };
             match step {
                 Step::Copied => unreachable!("a partial copy always asks for a roll"),
-                Step::Roll(need) => self.roll(need).await?,
+                Step::Roll(need) => {
+                    self.roll(need).await?;
+                    rolled = true;
+                }
+                Step::AwaitRoll => {
+                    let listener = self.roll_done.listen();
+                    if self.rolls_under_way.get() > 0 {
+                        listener.await;
+                    }
+                }
                 Step::Flush => {
                     let _flush = self.flush_gate.enter().await;
                     self.flush_locked(false).await?;
@@ -240,6 +272,11 @@ impl<D: Disk, C: Clock> Engine<D, C> {
 
     /// Makes room for an entry of `need` bytes by moving to a new segment.
     pub(crate) async fn roll(&self, need: u64) -> Result<(), StorageError> {
+        self.rolls_under_way.set(self.rolls_under_way.get() + 1);
+        let _under_way = RollUnderWay {
+            rolls: &self.rolls_under_way,
+            done: &self.roll_done,
+        };
         let _roll = self.roll_lock.lock().await;
         let (base, size, prepared) = {
             let mut state = self.state()?;

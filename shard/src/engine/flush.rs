@@ -2,6 +2,12 @@
 //! fdatasync the touched segment files if any pending append needs it.
 //! Only the holder of the flush gate's permit runs this.
 //!
+//! A failed fdatasync (or one whose flush was dropped before it returned,
+//! its error lost) fails every append waiting for it and queues all
+//! chunks written since the last good sync to be written again: Linux may
+//! have dropped them and reports that only once, so the next sync alone
+//! would mark lost bytes durable ("fsyncgate").
+//!
 //! Cancel safety: the caller's future may be dropped at any await (a client
 //! goes away). Chunks taken for writing are handed back by [`InFlight`]'s
 //! drop unless the write completed, and files stay in the dirty list until a
@@ -10,7 +16,7 @@
 
 use super::{Engine, Failure};
 use crate::clock::Clock;
-use crate::commitlog::writer::SealedChunk;
+use crate::commitlog::writer::{SealedChunk, MAX_UNSYNCED_BYTES};
 use crate::disk::{Disk, DiskFile, IoBuffer};
 use crate::storage::StorageError;
 use std::io;
@@ -36,6 +42,24 @@ impl<D: Disk, C: Clock> Drop for InFlight<'_, D, C> {
     }
 }
 
+/// Syncs under way: if they do not all succeed (one fails, or the flush is
+/// dropped before it learns how they went, losing any error with it), every
+/// chunk written since the last good sync is queued to be written again.
+struct SyncsInFlight<'a, D: Disk, C: Clock> {
+    engine: &'a Engine<D, C>,
+    succeeded: bool,
+}
+
+impl<D: Disk, C: Clock> Drop for SyncsInFlight<'_, D, C> {
+    fn drop(&mut self) {
+        if !self.succeeded {
+            if let Ok(mut state) = self.engine.state() {
+                state.writer.sync_failed();
+            }
+        }
+    }
+}
+
 impl<D: Disk, C: Clock> Engine<D, C> {
     /// Writes everything pending; syncs if `force_sync` or an append needs
     /// it. On failure nothing moves: the chunks go back to be retried and
@@ -44,8 +68,9 @@ impl<D: Disk, C: Clock> Engine<D, C> {
         let (chunks, target_end, target_chain, want_sync, attempt) = {
             let mut state = self.state()?;
             let durable = state.writer.durable_end();
-            let want_sync =
-                (force_sync || state.sync_needed_end > durable) && durable < state.writer.end();
+            let bounded = state.writer.unsynced_bytes() >= MAX_UNSYNCED_BYTES;
+            let want_sync = (force_sync || bounded || state.sync_needed_end > durable)
+                && durable < state.writer.end();
             if !state.writer.has_unwritten() && !want_sync {
                 return Ok(());
             }
@@ -92,7 +117,7 @@ impl<D: Disk, C: Clock> Engine<D, C> {
         {
             let mut guard = self.state()?;
             let state = &mut *guard;
-            state.writer.mark_written(target_end);
+            state.writer.mark_written(target_end, &chunks);
             for chunk in chunks {
                 if !state
                     .dirty_files
@@ -103,9 +128,11 @@ impl<D: Disk, C: Clock> Engine<D, C> {
                         .dirty_files
                         .push((chunk.segment_base, chunk.file.clone()));
                 }
-                state
-                    .cache
-                    .insert(chunk.start, chunk.len, chunk.cost, chunk.data);
+                if !chunk.cached {
+                    state
+                        .cache
+                        .insert(chunk.start, chunk.len, chunk.cost, chunk.data);
+                }
             }
             if !want_sync {
                 state.failure = None;
@@ -125,12 +152,19 @@ impl<D: Disk, C: Clock> Engine<D, C> {
         }
         // Clones: a file leaves the dirty list only once a sync of it worked.
         let files = self.state()?.dirty_files.clone();
+        let mut syncs = SyncsInFlight {
+            engine: self,
+            succeeded: false,
+        };
         for (base, file) in &files {
             let started = Instant::now();
             let synced = file.sync().await;
             let micros = started.elapsed().as_micros() as u64;
             let _ = self.metrics.fsync_us.borrow_mut().record(micros.max(1));
             if let Err(error) = synced {
+                // The failed sync may have dropped what it covered: rewrite
+                // all of it before any later sync may succeed.
+                drop(syncs);
                 let mut state = self.state()?;
                 let path = self.segment_path(*base);
                 return Err(self.record_failure(
@@ -142,6 +176,8 @@ impl<D: Disk, C: Clock> Engine<D, C> {
                 ));
             }
         }
+        syncs.succeeded = true;
+        drop(syncs);
         {
             let mut state = self.state()?;
             // Only the permit holder writes, so nothing was dirtied meanwhile.

@@ -7,7 +7,9 @@
 //! - `flush_gate`: one flush (write + fdatasync) at a time; appends that
 //!   arrive meanwhile wait for it and are written together by the next one
 //!   (group commit, see `gate`);
-//! - `roll_lock`: one segment roll at a time;
+//! - `roll_lock`: one segment roll at a time; appends that have copied
+//!   nothing yet wait for a roll under way, so a partition's offsets follow
+//!   submission order across rolls;
 //! - `catalog_lock`: topic creation / deletion and checkpoints, so a
 //!   checkpoint never sees a half-applied catalog change.
 
@@ -240,6 +242,9 @@ pub struct Engine<D: Disk, C: Clock> {
     closed_durable_end: Cell<u64>,
     flush_gate: gate::FlushGate,
     roll_lock: Mutex<()>,
+    /// Rolls started and not ended; appends wait for them (see `append`).
+    rolls_under_way: Cell<usize>,
+    roll_done: event_listener::Event,
     catalog_lock: Mutex<()>,
     appended: event_listener::Event,
     metrics: StorageMetrics,
@@ -263,6 +268,8 @@ impl<D: Disk, C: Clock> Engine<D, C> {
             index_dir,
             flush_gate: gate::FlushGate::default(),
             roll_lock: Mutex::new(()),
+            rolls_under_way: Cell::new(0),
+            roll_done: event_listener::Event::new(),
             catalog_lock: Mutex::new(()),
             appended: event_listener::Event::new(),
             metrics: StorageMetrics::new(),

@@ -98,7 +98,20 @@ async fn chain_proves<F: DiskFile>(
     let mut window = None;
     let mut chain = None;
     for _ in 0..FOLLOW_ENTRIES_MAX {
-        let Some((header, entry)) = following_entry(segment, &mut window, at, chain).await? else {
+        // The next entry, or the one at the next block boundary (a flush
+        // ends padded to its block; the next starts at the boundary).
+        let found = match following_entry(segment, &mut window, at, chain).await? {
+            Some(found) => Some(found),
+            None if chain.is_some()
+                && !crate::codec::is_aligned(at)
+                && align_up(at) < segment.size =>
+            {
+                at = align_up(at);
+                following_entry(segment, &mut window, at, chain).await?
+            }
+            None => None,
+        };
+        let Some((header, entry)) = found else {
             return Ok(None);
         };
         let position = segment.base + at;

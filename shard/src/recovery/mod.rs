@@ -11,8 +11,9 @@
 //!    the end of the log (a torn tail); at a segment's end the scan goes on
 //!    only if the next segment's first entry chains.
 //!    (Spare segments, `*.spare`, are deleted: see `StorageConfig::recycle_segments`.)
-//! 4. Delete segments after the end; read the partial last block back into
-//!    the writer; fdatasync what was scanned so recovered data is durable.
+//! 4. Delete segments after the end; the writer resumes at the block
+//!    boundary after the end (a written block is never rewritten); fdatasync
+//!    what was scanned so recovered data is durable.
 
 mod damage;
 mod scan;
@@ -252,11 +253,14 @@ pub(crate) async fn recover<D: Disk, C: Clock>(
             let outcome = scan_segment(segment, position, &mut chain, &mut tables, config).await?;
             end = outcome.end;
             end_index = Some(i);
-            // Only a segment that ends cleanly continues into the next one
-            // (with no chain yet, any first entry would "chain": a damaged
-            // first snapshot must not skip its segment unreported).
-            let next_chains = match (&outcome.reason, segments.get(i + 1)) {
-                (ScanEnd::Clean, Some(next)) => scan::first_entry_chains(next, chain).await?,
+            // The log goes on in the next segment if its first entry chains
+            // (a segment's unused end may hold zeros, or stale bytes of its
+            // previous life, after the writer rolled). With no chain yet,
+            // any first entry would "chain": then only after a clean end,
+            // so a damaged first snapshot cannot skip its segment unreported.
+            let continues = chain.is_some() || matches!(outcome.reason, ScanEnd::Clean);
+            let next_chains = match segments.get(i + 1) {
+                Some(next) if continues => scan::first_entry_chains(next, chain).await?,
                 _ => false,
             };
             if next_chains {
@@ -387,36 +391,12 @@ pub(crate) async fn recover<D: Disk, C: Clock>(
             })?;
         }
     }
-    let tail_start = align_down(end).max(tail_segment.base);
-    let tail = if end > tail_start {
-        let path = shown(&log_dir.join(segment_file_name(tail_segment.base)));
-        let block = tail_segment
-            .file
-            .read_at(
-                tail_start - tail_segment.base,
-                crate::codec::BLOCK_BYTES as usize,
-            )
-            .await
-            .map_err(|e| io_error("reading", &path, e))?;
-        let len = (end - tail_start) as usize;
-        if block.len() < len {
-            let e = std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "short read of the log tail",
-            );
-            return Err(io_error("reading", &path, e));
-        }
-        block[..len].to_vec()
-    } else {
-        Vec::new()
-    };
     let writer = Writer::new(
         tail_segment.file.clone(),
         tail_segment.base,
         tail_segment.end(),
         end,
         chain.unwrap_or(CHAIN_START),
-        &tail,
     );
     let tail_base = tail_segment.base;
     remove_stale_index_files(disk, index_dir, &segments, tail_base).await?;

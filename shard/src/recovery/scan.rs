@@ -1,7 +1,7 @@
 //! Reading one segment forward, entry by entry, through large aligned reads.
 
 use super::Tables;
-use crate::codec::{align_down, align_up};
+use crate::codec::{align_down, align_up, is_aligned};
 use crate::commitlog::entry::{
     batch_header, parse_entry, EntryEnd, EntryHeader, EntryKind, Parsed, ENTRY_HEADER_LEN,
 };
@@ -111,6 +111,39 @@ pub(super) async fn entry_at_believed<F: DiskFile>(
     Ok(parsed)
 }
 
+/// The entry at file offset `at` or, when no entry there chains to `chain`,
+/// the one at the next block boundary if it chains: a flush ends zero
+/// padded to a block and the next flush starts at the boundary
+/// (`commitlog/writer.rs`), and a crash may leave garbage of an unsynced
+/// write in the padding. Only a chained entry continues the log there
+/// (stale entries of a reused segment never chain). Returns the offset of
+/// what it parsed: `at` unless it stepped over padding.
+async fn entry_or_after_padding<F: DiskFile>(
+    segment: &Segment<F>,
+    window: &mut Option<Window>,
+    at: u64,
+    chain: Option<u32>,
+) -> Result<(u64, Parsed), StorageError> {
+    let chains =
+        |p: &Parsed| matches!(p, Parsed::Entry(h) if chain.is_some_and(|c| c == h.prev_crc));
+    let parsed = entry_at_believed(segment, window, at).await?;
+    let next = align_up(at);
+    if chains(&parsed) || chain.is_none() || is_aligned(at) || next >= segment.size {
+        return Ok((at, parsed));
+    }
+    let after = entry_at_believed(segment, window, next).await?;
+    // A chained entry continues the log; bad bytes where the next flush
+    // would start end it *there*, so recovery looks at them (damage, or a
+    // torn tail: recovery/damage.rs) instead of calling this a clean end.
+    if chains(&after) || (is_bad(&after) && !is_bad(&parsed)) {
+        return Ok((next, after));
+    }
+    // The caller reads the entry at `at` through the window again (a fresh
+    // read: believed only after re-reads, like the first).
+    let parsed = entry_at_believed(segment, window, at).await?;
+    Ok((at, parsed))
+}
+
 /// Applies every valid, chained entry from global position `from` on.
 pub(super) async fn scan_segment<F: DiskFile>(
     segment: &Segment<F>,
@@ -122,8 +155,9 @@ pub(super) async fn scan_segment<F: DiskFile>(
     let mut window = None;
     let mut position = from;
     loop {
-        let at = position - segment.base;
-        let parsed = entry_at_believed(segment, &mut window, at).await?;
+        let (at, parsed) =
+            entry_or_after_padding(segment, &mut window, position - segment.base, *chain).await?;
+        position = segment.base + at;
         let header = match parsed {
             Parsed::Entry(header) => header,
             Parsed::End(EntryEnd::SegmentFull | EntryEnd::Zero) => {
@@ -181,8 +215,10 @@ pub(super) async fn index_segment<F: DiskFile>(
     let mut chain: Option<u32> = None;
     let mut groups: Vec<(u32, u32, Vec<IndexEntry>)> = Vec::new();
     loop {
-        let at = position - segment.base;
-        let header = match entry_at_believed(segment, &mut window, at).await? {
+        let (at, parsed) =
+            entry_or_after_padding(segment, &mut window, position - segment.base, chain).await?;
+        position = segment.base + at;
+        let header = match parsed {
             Parsed::Entry(header) if chain.is_none_or(|c| c == header.prev_crc) => header,
             _ => match quarantined.iter().find(|q| q.from == position) {
                 Some(q) if q.to < segment.end() => {
