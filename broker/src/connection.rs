@@ -4,6 +4,12 @@
 //! group commit batch them), and a writer task that coalesces responses.
 //! At most `max_in_flight_per_connection` requests run at once; beyond that
 //! the broker stops reading from the socket (TCP backpressure).
+//!
+//! Timeouts: a connection with nothing received and nothing in flight for
+//! `idle_timeout` is closed, and so is one whose partial frame is not complete
+//! `read_timeout` after the frame started (a slow client cannot hold a
+//! connection with a trickle of bytes). Socket reads are cancel-safe (glommio
+//! polls readiness, then receives), so a read raced against a timer loses nothing.
 
 use crate::context::ShardContext;
 use crate::dispatch::{dispatch, Response};
@@ -14,6 +20,7 @@ use coremq_wire::frame::{decode_frame, FrameError, FRAME_HEADER_LEN};
 use coremq_wire::messages::verifier_options;
 use coremq_wire::ErrorCode;
 use futures::channel::mpsc;
+use futures::future::{select, Either};
 use futures::StreamExt;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
@@ -39,6 +46,10 @@ pub async fn serve(ctx: Rc<ShardContext>, stream: TcpStream) {
     ));
     let options = Rc::new(verifier_options(ctx.config.max_frame_bytes));
     let mut buffer = ReadBuffer::new(READ_CHUNK);
+    let max_in_flight = ctx.config.max_in_flight_per_connection as u64;
+    // When the frame now at the front of the buffer started arriving.
+    let mut partial_since: Option<Instant> = None;
+    let mut last_received = Instant::now();
 
     let outcome: Result<(), String> = async {
         loop {
@@ -61,6 +72,7 @@ pub async fn serve(ctx: Rc<ShardContext>, stream: TcpStream) {
                     }
                 };
                 let frame = buffer.take(header.frame_len());
+                partial_since = None;
                 let permit = permits
                     .acquire_static_permit(1)
                     .await
@@ -81,7 +93,30 @@ pub async fn serve(ctx: Rc<ShardContext>, stream: TcpStream) {
                 })
                 .detach();
             }
-            let read = reader.read(buffer.spare()).await;
+            if buffer.data().is_empty() {
+                partial_since = None;
+            } else if partial_since.is_none() {
+                partial_since = Some(last_received);
+            }
+            let (deadline, why) = match partial_since {
+                Some(since) => (since + ctx.config.read_timeout, "a frame stayed incomplete"),
+                None => (last_received + ctx.config.idle_timeout, "idle"),
+            };
+            let timer = glommio::timer::sleep(deadline.saturating_duration_since(Instant::now()));
+            futures::pin_mut!(timer);
+            let read = match select(reader.read(buffer.spare()), timer).await {
+                Either::Left((read, _)) => read,
+                Either::Right(_) => {
+                    if partial_since.is_none() && permits.available() < max_in_flight {
+                        // Not idle: the client waits for answers (a long poll, say).
+                        last_received = Instant::now();
+                        continue;
+                    }
+                    bump(&ctx.metrics.connections_timed_out, 1);
+                    return Err(format!("{why} past its timeout"));
+                }
+            };
+            last_received = Instant::now();
             match read {
                 Ok(0) => {
                     if !buffer.data().is_empty() {

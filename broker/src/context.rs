@@ -287,6 +287,16 @@ impl ShardContext {
                         format!("topic '{}' already exists", config.name),
                     ));
                 }
+                let topics = self.storage.topics().len();
+                if topics >= self.config.max_topics {
+                    return Err(RequestError::new(
+                        ErrorCode::InvalidConfig,
+                        format!(
+                            "the broker holds {topics} topics, the most --max-topics allows; \
+                             delete one first"
+                        ),
+                    ));
+                }
                 self.on_every_shard(|reply| ShardRequest::CreateTopic {
                     config: config.clone(),
                     reply,
@@ -413,6 +423,13 @@ impl ShardContext {
                 ("errors".into(), m.errors.get()),
                 ("connections".into(), m.connections.get()),
                 ("connections_total".into(), m.connections_total.get()),
+                (
+                    "connections_timed_out".into(),
+                    m.connections_timed_out.get(),
+                ),
+                ("connections_refused".into(), m.connections_refused.get()),
+                ("reads_paused".into(), m.reads_paused.get()),
+                ("buffered_bytes".into(), m.buffered_bytes.get()),
                 ("flushes".into(), storage.flushes.get()),
                 ("flush_bytes".into(), storage.flush_bytes.get()),
                 ("disk_reads".into(), storage.disk_reads.get()),

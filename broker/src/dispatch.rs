@@ -51,10 +51,10 @@ pub async fn dispatch(
     let result = match kind {
         Kind::Produce => handlers::produce::handle(ctx, body, options).await,
         Kind::Fetch => handlers::fetch::handle(ctx, body, options).await,
-        Kind::Metadata => handlers::topics::metadata(ctx, body, options),
+        Kind::Metadata => handlers::topics::metadata(ctx, body, options).await,
         Kind::CreateTopic => handlers::topics::create(ctx, body, options).await,
         Kind::DeleteTopic => handlers::topics::delete(ctx, body, options).await,
-        Kind::ListTopics => handlers::topics::list(ctx, body, options),
+        Kind::ListTopics => handlers::topics::list(ctx, body, options).await,
         Kind::ListOffsets => handlers::offsets::handle(ctx, body, options).await,
         Kind::Stats => handlers::stats::handle(ctx, body, options).await,
     };

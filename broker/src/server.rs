@@ -6,7 +6,7 @@
 use crate::config::BrokerConfig;
 use crate::context::ShardContext;
 use crate::mesh::{Mesh, ShardRequest};
-use crate::metrics::ShardMetrics;
+use crate::metrics::{bump, ShardMetrics};
 use coremq_shard::{ShardId, ShardStorage, StorageConfig};
 use futures::future::{select, Either};
 use glommio::{LocalExecutorBuilder, Placement};
@@ -353,9 +353,11 @@ async fn accept_loop(ctx: Rc<ShardContext>, listener: glommio::net::TcpListener)
             Either::Left((Ok(stream), _)) => {
                 failures = 0;
                 if ctx.metrics.connections.get() as usize >= ctx.config.max_connections {
+                    bump(&ctx.metrics.connections_refused, 1);
                     tracing::warn!(
                         shard = ctx.id,
-                        "connection limit reached; refusing a connection"
+                        limit = ctx.config.max_connections,
+                        "connection limit reached (--max-connections); refusing a connection"
                     );
                     drop(stream);
                     continue;
