@@ -85,11 +85,28 @@ impl BrokerHandle {
 }
 
 pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
+    let new_data_dir = std::fs::read_dir(&config.data_dir)
+        .map(|mut entries| entries.next().is_none())
+        .unwrap_or(true);
     std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
         path: config.data_dir.display().to_string(),
         source,
     })?;
     let shards = config.shards;
+    if new_data_dir {
+        let total_bytes = config.segment_bytes * u64::from(shards);
+        tracing::info!(
+            data_dir = %config.data_dir.display(),
+            segment_bytes = config.segment_bytes,
+            shards,
+            total_bytes,
+            "new data directory: each shard pre-allocates one commit-log segment of {} MiB \
+             before any message is stored, {} MiB in all, and the next one once a segment \
+             is half full (--segment-bytes sets the size)",
+            config.segment_bytes >> 20,
+            total_bytes >> 20
+        );
+    }
 
     // Resolve every port first: the main placeholder keeps the main port ours
     // until the shards bind it; the own ports are already listening.
