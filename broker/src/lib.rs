@@ -12,6 +12,7 @@
 //! Threads: one per shard (its executor), plus the main thread, which only
 //! waits for signals. Shards share no mutable state.
 
+pub mod budget;
 pub mod config;
 pub mod connection;
 pub mod context;

@@ -65,8 +65,6 @@ pub struct ShardMetrics {
     pub connections_refused: Cell<u64>,
     /// Times a connection stopped reading because a byte budget was used up.
     pub reads_paused: Cell<u64>,
-    /// Bytes held by this shard's connections (requests served, responses unwritten).
-    pub buffered_bytes: Cell<u64>,
 }
 
 pub fn bump(cell: &Cell<u64>, by: u64) {

@@ -286,6 +286,8 @@ async fn shard_main(
         Ok(storage) => storage,
         Err(error) => return fail(&phases.opened, format!("cannot open storage: {error}")),
     };
+    let (shard_buffer_bytes, forwarded_bytes) =
+        (config.max_shard_buffer_bytes, config.max_forwarded_bytes);
     let ctx = Rc::new(ShardContext {
         id: shard,
         config,
@@ -297,6 +299,11 @@ async fn shard_main(
         shutting_down: Cell::new(false),
         catalog_changes: glommio::sync::Semaphore::new(1),
         shutdown: event_listener::Event::new(),
+        buffer_budget: Rc::new(crate::budget::ByteBudget::new(shard_buffer_bytes)),
+        forwarded_bytes: Rc::new(glommio::sync::Semaphore::new(forwarded_bytes)),
+        peer_requests: Rc::new(glommio::sync::Semaphore::new(
+            crate::mesh::MESH_CHANNEL_DEPTH as u64,
+        )),
     });
     // Peers (and the catalog reconciliation) can reach this shard from here on.
     let mesh_task = glommio::spawn_local(serve_mesh(ctx.clone(), receiver));
@@ -336,7 +343,30 @@ async fn serve_mesh(ctx: Rc<ShardContext>, receiver: async_channel::Receiver<Sha
                 return;
             }
             other => {
-                glommio::spawn_local(ctx.clone().serve_peer_request(other)).detach();
+                // Data requests hold permits while served, so the bounded
+                // channel, not a pile of detached tasks, holds the excess.
+                let (count, bytes) = match &other {
+                    ShardRequest::Append { batches, .. } => (
+                        1,
+                        (batches.len() as u64).clamp(1, ctx.config.max_forwarded_bytes),
+                    ),
+                    ShardRequest::Fetch { .. } | ShardRequest::ListOffset { .. } => (1, 0),
+                    _ => (0, 0),
+                };
+                let permits = async {
+                    let count = ctx.peer_requests.acquire_static_permit(count).await?;
+                    let bytes = ctx.forwarded_bytes.acquire_static_permit(bytes).await?;
+                    Ok::<_, glommio::GlommioError<()>>((count, bytes))
+                };
+                let Ok(permits) = permits.await else {
+                    return; // closed: shutting down
+                };
+                let ctx = ctx.clone();
+                glommio::spawn_local(async move {
+                    ctx.serve_peer_request(other).await;
+                    drop(permits);
+                })
+                .detach();
             }
         }
     }
