@@ -84,7 +84,31 @@ impl BrokerHandle {
     }
 }
 
+/// Makes any panic, on any thread, stop the whole process: glommio does not
+/// catch task panics everywhere (one in a non-default task queue aborts; one
+/// elsewhere can end a shard's thread and leave the others serving, a
+/// half-alive broker whose partitions on the dead shard hang). The panic is
+/// printed (by the previous hook), logged, and the process aborts; storage
+/// recovers at the next start as after a kill -9, and nothing acknowledged
+/// is lost because nothing is acknowledged before it is durable.
+pub fn stop_the_process_on_panic() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        previous(info);
+        let thread = std::thread::current();
+        tracing::error!(
+            thread = thread.name().unwrap_or("unnamed"),
+            panic = %info,
+            "a thread of the broker panicked: stopping the whole process so that no shard \
+             is left dead while the others serve (storage recovers at the next start)"
+        );
+        eprintln!("coremq: a thread panicked ({info}); aborting the broker");
+        std::process::abort();
+    }));
+}
+
 pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
+    stop_the_process_on_panic();
     let new_data_dir = std::fs::read_dir(&config.data_dir)
         .map(|mut entries| entries.next().is_none())
         .unwrap_or(true);
@@ -433,5 +457,45 @@ async fn maintenance_loop(ctx: Rc<ShardContext>) {
         if let Err(error) = ctx.storage.maintenance().await {
             tracing::error!(shard = ctx.id, %error, "storage maintenance failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    /// Set in the child process the test below starts.
+    const CHILD: &str = "COREMQ_TEST_PANIC_CHILD";
+
+    #[test]
+    fn a_panic_on_any_thread_stops_the_process() {
+        if std::env::var_os(CHILD).is_some() {
+            super::stop_the_process_on_panic();
+            let shard = std::thread::Builder::new()
+                .name("shard-1".into())
+                .spawn(|| panic!("a bug in a shard"))
+                .expect("spawn");
+            let _ = shard.join();
+            // Only reached when the panic left the process running.
+            std::process::exit(0);
+        }
+        let output = Command::new(std::env::current_exe().expect("test binary"))
+            .args([
+                "--exact",
+                "server::tests::a_panic_on_any_thread_stops_the_process",
+                "--nocapture",
+            ])
+            .env(CHILD, "1")
+            .output()
+            .expect("run the child");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            output.status.signal(),
+            Some(libc::SIGABRT),
+            "the process went on after a thread panicked: {stderr}"
+        );
+        assert!(stderr.contains("a bug in a shard"), "{stderr}");
+        assert!(stderr.contains("aborting the broker"), "{stderr}");
     }
 }
