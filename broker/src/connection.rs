@@ -21,7 +21,7 @@ use crate::context::ShardContext;
 use crate::dispatch::{dispatch, estimate_response_bytes, Response, RESPONSE_OVERHEAD_BYTES};
 use crate::mesh::RequestError;
 use crate::metrics::bump;
-use crate::read_buffer::ReadBuffer;
+use crate::read_buffer::{ReadBuffer, MIN_CHUNK_BYTES};
 use coremq_wire::frame::{decode_frame, FrameError, FRAME_HEADER_LEN};
 use coremq_wire::messages::verifier_options;
 use coremq_wire::ErrorCode;
@@ -39,6 +39,8 @@ use std::time::{Duration, Instant};
 const READ_CHUNK: usize = 256 * 1024;
 /// Responses smaller than this are copied into one write; larger bodies are written directly.
 const COALESCE_BYTES: usize = 64 * 1024;
+/// How long a connection receives nothing before its read buffer is freed.
+const SHRINK_AFTER: Duration = Duration::from_millis(500);
 /// The write buffer an idle connection may keep; a larger one is freed.
 const IDLE_WRITE_BUFFER_BYTES: usize = 16 * 1024;
 
@@ -164,10 +166,19 @@ pub async fn serve(ctx: Rc<ShardContext>, stream: TcpStream) {
                 Some(since) => (since + ctx.config.read_timeout, "a frame stayed incomplete"),
                 None => (last_received + ctx.config.idle_timeout, "idle"),
             };
-            let timer = glommio::timer::sleep(deadline.saturating_duration_since(Instant::now()));
+            // A connection quiet for a moment gives its read buffer back first.
+            let shrink_at = (buffer.held_bytes() > 2 * MIN_CHUNK_BYTES && partial_since.is_none())
+                .then(|| last_received + SHRINK_AFTER)
+                .filter(|at| *at < deadline);
+            let wake = shrink_at.unwrap_or(deadline);
+            let timer = glommio::timer::sleep(wake.saturating_duration_since(Instant::now()));
             futures::pin_mut!(timer);
             let read = match select(reader.read(buffer.spare()), timer).await {
                 Either::Left((read, _)) => read,
+                Either::Right(_) if shrink_at.is_some() => {
+                    buffer.shrink();
+                    continue;
+                }
                 Either::Right(_) => {
                     if partial_since.is_none() && permits.available() < max_in_flight {
                         // Not idle: the client waits for answers (a long poll, say).

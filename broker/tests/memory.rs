@@ -190,3 +190,32 @@ fn a_client_that_stops_reading_is_closed_and_its_memory_released() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn idle_connections_are_cheap() {
+    let broker = Broker::start(1, &[]);
+    let mut conn = broker.connect();
+    assert_eq!(conn.create_topic("t", 1, None), ErrorCode::None);
+    let connections = 1_000u64;
+    let baseline = rss_bytes(&broker);
+    let mut idle: Vec<Conn> = (0..connections).map(|_| broker.connect()).collect();
+    // Each connection is used once (its buffers grow), then stays idle.
+    for c in &mut idle {
+        assert_eq!(c.metadata().1.len(), 1);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let per_connection = rss_bytes(&broker).saturating_sub(baseline) / connections;
+        if per_connection < 64 * 1024 {
+            eprintln!("{per_connection} bytes per idle connection");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "idle connections hold {per_connection} bytes each"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(idle);
+    assert_eq!(conn.metadata().1.len(), 1);
+}
