@@ -162,31 +162,42 @@ pub async fn serve(ctx: Rc<ShardContext>, stream: TcpStream) {
             } else if partial_since.is_none() {
                 partial_since = Some(last_received);
             }
-            let (deadline, why) = match partial_since {
-                Some(since) => (since + ctx.config.read_timeout, "a frame stayed incomplete"),
-                None => (last_received + ctx.config.idle_timeout, "idle"),
-            };
-            // A connection quiet for a moment gives its read buffer back first.
-            let shrink_at = (buffer.held_bytes() > 2 * MIN_CHUNK_BYTES && partial_since.is_none())
-                .then(|| last_received + SHRINK_AFTER)
-                .filter(|at| *at < deadline);
-            let wake = shrink_at.unwrap_or(deadline);
-            let timer = glommio::timer::sleep(wake.saturating_duration_since(Instant::now()));
-            futures::pin_mut!(timer);
-            let read = match select(reader.read(buffer.spare()), timer).await {
-                Either::Left((read, _)) => read,
-                Either::Right(_) if shrink_at.is_some() => {
-                    buffer.shrink();
-                    continue;
-                }
-                Either::Right(_) => {
-                    if partial_since.is_none() && permits.available() < max_in_flight {
-                        // Not idle: the client waits for answers (a long poll, say).
-                        last_received = Instant::now();
-                        continue;
+            // Bytes already waiting are read without arming a timer.
+            let ready = futures::FutureExt::now_or_never(reader.read(buffer.spare()));
+            let read = match ready {
+                Some(read) => read,
+                None => {
+                    let (deadline, why) = match partial_since {
+                        Some(since) => {
+                            (since + ctx.config.read_timeout, "a frame stayed incomplete")
+                        }
+                        None => (last_received + ctx.config.idle_timeout, "idle"),
+                    };
+                    // A connection quiet for a moment gives its read buffer back first.
+                    let shrink_at = (buffer.held_bytes() > 2 * MIN_CHUNK_BYTES
+                        && partial_since.is_none())
+                    .then(|| last_received + SHRINK_AFTER)
+                    .filter(|at| *at < deadline);
+                    let wake = shrink_at.unwrap_or(deadline);
+                    let timer =
+                        glommio::timer::sleep(wake.saturating_duration_since(Instant::now()));
+                    futures::pin_mut!(timer);
+                    match select(reader.read(buffer.spare()), timer).await {
+                        Either::Left((read, _)) => read,
+                        Either::Right(_) if shrink_at.is_some() => {
+                            buffer.shrink();
+                            continue;
+                        }
+                        Either::Right(_) => {
+                            if partial_since.is_none() && permits.available() < max_in_flight {
+                                // Not idle: the client waits for answers (a long poll, say).
+                                last_received = Instant::now();
+                                continue;
+                            }
+                            bump(&ctx.metrics.connections_timed_out, 1);
+                            return Err(format!("{why} past its timeout"));
+                        }
                     }
-                    bump(&ctx.metrics.connections_timed_out, 1);
-                    return Err(format!("{why} past its timeout"));
                 }
             };
             last_received = Instant::now();
