@@ -54,6 +54,8 @@ struct Outgoing {
 pub async fn serve(ctx: Rc<ShardContext>, stream: TcpStream) {
     let peer = stream.peer_addr().ok();
     let _ = stream.set_nodelay(true);
+    // A client that takes no response bytes for the idle timeout is dropped.
+    let _ = stream.set_write_timeout(Some(ctx.config.idle_timeout));
     bump(&ctx.metrics.connections, 1);
     bump(&ctx.metrics.connections_total, 1);
     let (mut reader, writer) = futures_lite::io::split(stream);
@@ -67,7 +69,6 @@ pub async fn serve(ctx: Rc<ShardContext>, stream: TcpStream) {
         ctx.clone(),
         writer,
         outbox,
-        ctx.config.idle_timeout,
         writer_failed.clone(),
     ));
     let permits = Rc::new(Semaphore::new(
@@ -238,22 +239,20 @@ fn correlation_id_of(buffer: &[u8]) -> u64 {
     }
 }
 
-/// Writes `bytes`, or fails if the socket fails or does not take them
-/// within `timeout` (a client that stopped reading; counted).
+/// Writes `bytes`; fails if the socket fails or takes none of them for the
+/// stream's write timeout (a client that stopped reading; counted). glommio
+/// arms that timer only when a write has to wait.
 async fn write_within(
     ctx: &ShardContext,
     writer: &mut futures_lite::io::WriteHalf<TcpStream>,
     bytes: &[u8],
-    timeout: Duration,
 ) -> Result<(), ()> {
-    let write = writer.write_all(bytes);
-    let timer = glommio::timer::sleep(timeout);
-    futures::pin_mut!(write, timer);
-    match select(write, timer).await {
-        Either::Left((Ok(()), _)) => Ok(()),
-        Either::Left((Err(_), _)) => Err(()),
-        Either::Right(_) => {
-            bump(&ctx.metrics.connections_timed_out, 1);
+    match writer.write_all(bytes).await {
+        Ok(()) => Ok(()),
+        Err(error) => {
+            if error.kind() == std::io::ErrorKind::TimedOut {
+                bump(&ctx.metrics.connections_timed_out, 1);
+            }
             Err(())
         }
     }
@@ -263,10 +262,11 @@ async fn write_loop(
     ctx: Rc<ShardContext>,
     mut writer: futures_lite::io::WriteHalf<TcpStream>,
     mut outbox: mpsc::UnboundedReceiver<Outgoing>,
-    timeout: Duration,
     writer_failed: Rc<Cell<bool>>,
 ) {
     let mut pending: Vec<u8> = Vec::new();
+    // Written (or copied into `pending`) but not yet sent: released after the write.
+    let mut sent: Vec<Outgoing> = Vec::new();
     loop {
         if pending.capacity() > IDLE_WRITE_BUFFER_BYTES {
             // Idle connections keep no large buffer (they are many).
@@ -280,20 +280,14 @@ async fn write_loop(
         }
         let started = Instant::now();
         let mut next = Some(first);
-        // Written (or copied into `pending`) but not yet sent: released after the write.
-        let mut sent = Vec::new();
         let mut broken = false;
         while let Some(outgoing) = next.take() {
             let response = &outgoing.response;
             pending.extend_from_slice(&response.header);
             let body = response.body.bytes();
             if body.len() >= COALESCE_BYTES {
-                if write_within(&ctx, &mut writer, &pending, timeout)
-                    .await
-                    .is_err()
-                    || write_within(&ctx, &mut writer, body, timeout)
-                        .await
-                        .is_err()
+                if write_within(&ctx, &mut writer, &pending).await.is_err()
+                    || write_within(&ctx, &mut writer, body).await.is_err()
                 {
                     broken = true;
                     break;
@@ -309,9 +303,7 @@ async fn write_loop(
         }
         if !broken
             && !pending.is_empty()
-            && write_within(&ctx, &mut writer, &pending, timeout)
-                .await
-                .is_err()
+            && write_within(&ctx, &mut writer, &pending).await.is_err()
         {
             broken = true;
         }
@@ -319,7 +311,7 @@ async fn write_loop(
             writer_failed.set(true);
         }
         pending.clear();
-        drop(sent);
+        sent.clear();
         tracing::trace!(
             elapsed_us = started.elapsed().as_micros() as u64,
             "responses written"
