@@ -31,10 +31,16 @@ pub struct Args {
     #[arg(long, value_name = "HOST:PORT")]
     pub listen: Option<SocketAddr>,
 
-    /// Number of shards (one per core, pinned).
+    /// Number of shards (one per core, pinned). More shards than usable
+    /// cores is refused unless `--force-shards` is given (each shard
+    /// pre-allocates a segment).
     /// [default: every core this process may run on]
     #[arg(long, value_name = "N")]
     pub shards: Option<u16>,
+
+    /// Allow `--shards` above the number of cores this process may run on.
+    #[arg(long)]
+    pub force_shards: bool,
 
     /// Default durability for topics: `always` (ack after fdatasync, group
     /// commit), `interval:MS` (ack after write, fdatasync every MS), `never`.
@@ -65,6 +71,43 @@ pub struct Args {
     /// reading from it (backpressure). [default: 256]
     #[arg(long, value_name = "N")]
     pub max_in_flight_per_connection: Option<usize>,
+
+    /// Bytes one connection may hold in requests being served and responses
+    /// not yet written to its socket; beyond it the broker stops reading
+    /// that connection (backpressure).
+    /// [default: 67108864]
+    #[arg(long, value_name = "BYTES")]
+    pub max_connection_buffer_bytes: Option<u64>,
+
+    /// Bytes all connections of one shard may hold together (same
+    /// accounting as `--max-connection-buffer-bytes`).
+    /// [default: 536870912]
+    #[arg(long, value_name = "BYTES")]
+    pub max_shard_buffer_bytes: Option<u64>,
+
+    /// Bytes of produce requests forwarded from other shards that one shard
+    /// serves at once; beyond it the forwarding shards wait.
+    /// [default: 268435456]
+    #[arg(long, value_name = "BYTES")]
+    pub max_forwarded_bytes: Option<u64>,
+
+    /// Close a connection that sent nothing and has nothing in flight for
+    /// this long, in milliseconds (10 min).
+    /// [default: 600000]
+    #[arg(long, value_name = "MS")]
+    pub idle_timeout_ms: Option<u64>,
+
+    /// A frame whose first bytes arrived must be complete within this many
+    /// milliseconds, or the connection is closed (slow clients cannot hold
+    /// connections with partial frames).
+    /// [default: 30000]
+    #[arg(long, value_name = "MS")]
+    pub read_timeout_ms: Option<u64>,
+
+    /// Most topics the broker holds.
+    /// [default: 10000]
+    #[arg(long, value_name = "N")]
+    pub max_topics: Option<usize>,
 
     /// Bytes of recently written log kept in memory per shard for readers.
     /// [default: 67108864 (64 MiB)]
@@ -101,12 +144,19 @@ struct FileSettings {
     data_dir: Option<PathBuf>,
     listen: Option<SocketAddr>,
     shards: Option<u16>,
+    force_shards: Option<bool>,
     fsync: Option<String>,
     segment_bytes: Option<u64>,
     max_frame_bytes: Option<u32>,
     max_batch_bytes: Option<usize>,
     max_connections: Option<usize>,
     max_in_flight_per_connection: Option<usize>,
+    max_connection_buffer_bytes: Option<u64>,
+    max_shard_buffer_bytes: Option<u64>,
+    max_forwarded_bytes: Option<u64>,
+    idle_timeout_ms: Option<u64>,
+    read_timeout_ms: Option<u64>,
+    max_topics: Option<usize>,
     read_cache_bytes: Option<usize>,
     spin_before_park_us: Option<u64>,
     no_pin: Option<bool>,
@@ -125,6 +175,12 @@ pub struct BrokerConfig {
     pub max_batch_bytes: usize,
     pub max_connections: usize,
     pub max_in_flight_per_connection: usize,
+    pub max_connection_buffer_bytes: u64,
+    pub max_shard_buffer_bytes: u64,
+    pub max_forwarded_bytes: u64,
+    pub idle_timeout: Duration,
+    pub read_timeout: Duration,
+    pub max_topics: usize,
     pub read_cache_bytes: usize,
     pub spin_before_park: Option<Duration>,
     pub pin_cores: bool,
@@ -164,6 +220,16 @@ impl BrokerConfig {
                 "--shards must be 1..=1024, got {shards}"
             )));
         }
+        let usable_cores = default_shards();
+        let force_shards = args.force_shards || file.force_shards.unwrap_or(false);
+        if shards > usable_cores && !force_shards {
+            return Err(ConfigError::Invalid(format!(
+                "--shards {shards} is more than the {usable_cores} cores this process may run on: \
+                 shards would share cores, and each pre-allocates a commit-log segment \
+                 (--segment-bytes) on disk. Use --shards {usable_cores} or fewer, or add \
+                 --force-shards to run anyway"
+            )));
+        }
         let fsync = args
             .fsync
             .or(file.fsync)
@@ -200,6 +266,50 @@ impl BrokerConfig {
                 "--max-batch-bytes must be at most half of --segment-bytes".into(),
             ));
         }
+        let max_frame_bytes_u64 = u64::from(max_frame_bytes);
+        let max_connection_buffer_bytes = args
+            .max_connection_buffer_bytes
+            .or(file.max_connection_buffer_bytes)
+            .unwrap_or(64 << 20);
+        let max_shard_buffer_bytes = args
+            .max_shard_buffer_bytes
+            .or(file.max_shard_buffer_bytes)
+            .unwrap_or(512 << 20);
+        if max_connection_buffer_bytes < max_frame_bytes_u64
+            || max_shard_buffer_bytes < max_connection_buffer_bytes
+        {
+            return Err(ConfigError::Invalid(format!(
+                "need --max-frame-bytes ({max_frame_bytes}) <= --max-connection-buffer-bytes \
+                 ({max_connection_buffer_bytes}) <= --max-shard-buffer-bytes ({max_shard_buffer_bytes})"
+            )));
+        }
+        let max_forwarded_bytes = args
+            .max_forwarded_bytes
+            .or(file.max_forwarded_bytes)
+            .unwrap_or(256 << 20);
+        if max_forwarded_bytes < max_frame_bytes_u64 {
+            return Err(ConfigError::Invalid(format!(
+                "--max-forwarded-bytes ({max_forwarded_bytes}) must be at least \
+                 --max-frame-bytes ({max_frame_bytes})"
+            )));
+        }
+        let idle_timeout_ms = args
+            .idle_timeout_ms
+            .or(file.idle_timeout_ms)
+            .unwrap_or(600_000);
+        let read_timeout_ms = args
+            .read_timeout_ms
+            .or(file.read_timeout_ms)
+            .unwrap_or(30_000);
+        if idle_timeout_ms == 0 || read_timeout_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "--idle-timeout-ms and --read-timeout-ms must be above 0".into(),
+            ));
+        }
+        let max_topics = args.max_topics.or(file.max_topics).unwrap_or(10_000);
+        if max_topics == 0 {
+            return Err(ConfigError::Invalid("--max-topics must be above 0".into()));
+        }
         let spin = args
             .spin_before_park_us
             .or(file.spin_before_park_us)
@@ -223,6 +333,12 @@ impl BrokerConfig {
                 .max_in_flight_per_connection
                 .or(file.max_in_flight_per_connection)
                 .unwrap_or(256),
+            max_connection_buffer_bytes,
+            max_shard_buffer_bytes,
+            max_forwarded_bytes,
+            idle_timeout: Duration::from_millis(idle_timeout_ms),
+            read_timeout: Duration::from_millis(read_timeout_ms),
+            max_topics,
             read_cache_bytes: args
                 .read_cache_bytes
                 .or(file.read_cache_bytes)
@@ -302,5 +418,27 @@ mod tests {
             parse(&["--segment-bytes", "1000"]),
             Err(ConfigError::Invalid(_))
         ));
+        assert!(matches!(
+            parse(&["--max-connection-buffer-bytes", "1024"]),
+            Err(ConfigError::Invalid(_))
+        ));
+        assert!(matches!(
+            parse(&["--read-timeout-ms", "0"]),
+            Err(ConfigError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn more_shards_than_cores_needs_force() {
+        let too_many = (default_shards() + 1).to_string();
+        match parse(&["--shards", &too_many]) {
+            Err(ConfigError::Invalid(message)) => {
+                assert!(message.contains("--force-shards"), "{message}");
+                assert!(message.contains("cores"), "{message}");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        let forced = parse(&["--shards", &too_many, "--force-shards"]).unwrap();
+        assert_eq!(forced.shards.to_string(), too_many);
     }
 }

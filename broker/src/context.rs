@@ -57,6 +57,15 @@ pub struct ShardContext {
     pub catalog_changes: glommio::sync::Semaphore,
     /// Fired once when shutdown starts, to wake accept loops and long polls.
     pub shutdown: event_listener::Event,
+    /// Bytes all of this shard's connections hold (`--max-shard-buffer-bytes`).
+    pub buffer_budget: Rc<crate::budget::ByteBudget>,
+    /// Bytes of produce requests from other shards being served
+    /// (`--max-forwarded-bytes`): the mesh receiver waits for them.
+    pub forwarded_bytes: Rc<glommio::sync::Semaphore>,
+    /// Data requests from other shards being served, at most
+    /// [`crate::mesh::MESH_CHANNEL_DEPTH`]: beyond it the mesh receiver
+    /// waits and the bounded channel pushes back on the senders.
+    pub peer_requests: Rc<glommio::sync::Semaphore>,
 }
 
 impl ShardContext {
@@ -293,6 +302,16 @@ impl ShardContext {
                         format!("topic '{}' already exists", config.name),
                     ));
                 }
+                let topics = self.storage.topics().len();
+                if topics >= self.config.max_topics {
+                    return Err(RequestError::new(
+                        ErrorCode::InvalidConfig,
+                        format!(
+                            "the broker holds {topics} topics, the most --max-topics allows; \
+                             delete one first"
+                        ),
+                    ));
+                }
                 self.on_every_shard(|reply| ShardRequest::CreateTopic {
                     config: config.clone(),
                     reply,
@@ -419,6 +438,13 @@ impl ShardContext {
                 ("errors".into(), m.errors.get()),
                 ("connections".into(), m.connections.get()),
                 ("connections_total".into(), m.connections_total.get()),
+                (
+                    "connections_timed_out".into(),
+                    m.connections_timed_out.get(),
+                ),
+                ("connections_refused".into(), m.connections_refused.get()),
+                ("reads_paused".into(), m.reads_paused.get()),
+                ("buffered_bytes".into(), self.buffer_budget.used_bytes()),
                 ("flushes".into(), storage.flushes.get()),
                 ("flush_bytes".into(), storage.flush_bytes.get()),
                 ("disk_reads".into(), storage.disk_reads.get()),

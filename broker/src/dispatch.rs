@@ -6,7 +6,7 @@ use crate::mesh::RequestError;
 use crate::metrics::bump;
 use coremq_wire::frame::{encode_header, FrameHeader, Kind, FRAME_HEADER_LEN, KIND_ERROR};
 use coremq_wire::messages::error_response;
-use coremq_wire::ErrorCode;
+use coremq_wire::{fb, ErrorCode};
 use flatbuffers::VerifierOptions;
 
 /// A response frame: 16 header bytes and a body that is written without
@@ -33,6 +33,39 @@ impl Response {
     }
 }
 
+/// Memory a response holds beyond its bytes (allocations, the queue entry),
+/// charged with it to the connection's byte budget.
+pub const RESPONSE_OVERHEAD_BYTES: u64 = 256;
+
+/// Bytes the response to a request may hold, charged before the request
+/// runs (and corrected once the response exists). Fetch responses are
+/// estimated from the partitions' `max_bytes`, at most one frame; every
+/// other response is small.
+pub fn estimate_response_bytes(
+    kind: u16,
+    body: &[u8],
+    options: &VerifierOptions,
+    max_frame_bytes: u32,
+) -> u64 {
+    let small = RESPONSE_OVERHEAD_BYTES + FRAME_HEADER_LEN as u64;
+    if Kind::from_u16(kind) != Some(Kind::Fetch) {
+        return small;
+    }
+    let Ok(request) = coremq_wire::messages::parse::<fb::FetchRequest>(body, options) else {
+        return small;
+    };
+    let wanted: u64 = request
+        .partitions()
+        .map(|partitions| {
+            partitions
+                .iter()
+                .map(|p| u64::from(p.max_bytes()) + RESPONSE_OVERHEAD_BYTES)
+                .sum()
+        })
+        .unwrap_or(0);
+    small + wanted.min(u64::from(max_frame_bytes))
+}
+
 pub async fn dispatch(
     ctx: &ShardContext,
     header: FrameHeader,
@@ -51,10 +84,10 @@ pub async fn dispatch(
     let result = match kind {
         Kind::Produce => handlers::produce::handle(ctx, body, options).await,
         Kind::Fetch => handlers::fetch::handle(ctx, body, options).await,
-        Kind::Metadata => handlers::topics::metadata(ctx, body, options),
+        Kind::Metadata => handlers::topics::metadata(ctx, body, options).await,
         Kind::CreateTopic => handlers::topics::create(ctx, body, options).await,
         Kind::DeleteTopic => handlers::topics::delete(ctx, body, options).await,
-        Kind::ListTopics => handlers::topics::list(ctx, body, options),
+        Kind::ListTopics => handlers::topics::list(ctx, body, options).await,
         Kind::ListOffsets => handlers::offsets::handle(ctx, body, options).await,
         Kind::Stats => handlers::stats::handle(ctx, body, options).await,
     };

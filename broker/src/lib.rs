@@ -4,7 +4,7 @@
 //! glommio executor per shard pinned to its core, and has each open its
 //! storage (coremq-shard) and listen on the main port (SO_REUSEPORT) and its
 //! own port. Each connection ([`connection`]) runs pipelined requests as
-//! concurrent tasks; [`dispatch`] hands them to [`handlers`], which work
+//! concurrent tasks, within a byte [`budget`] per connection and per shard; [`dispatch`] hands them to [`handlers`], which work
 //! through the shard's [`context`]: locally when the shard owns the partition,
 //! over the [`mesh`] when another shard does. [`metrics`] keeps per-shard
 //! hdrhistograms for the stats request.
@@ -12,6 +12,7 @@
 //! Threads: one per shard (its executor), plus the main thread, which only
 //! waits for signals. Shards share no mutable state.
 
+pub mod budget;
 pub mod config;
 pub mod connection;
 pub mod context;

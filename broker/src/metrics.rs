@@ -59,6 +59,12 @@ pub struct ShardMetrics {
     pub errors: Cell<u64>,
     pub connections: Cell<u64>,
     pub connections_total: Cell<u64>,
+    /// Connections closed by the idle or the partial-frame timeout.
+    pub connections_timed_out: Cell<u64>,
+    /// Connections refused at accept because of `--max-connections`.
+    pub connections_refused: Cell<u64>,
+    /// Times a connection stopped reading because a byte budget was used up.
+    pub reads_paused: Cell<u64>,
 }
 
 pub fn bump(cell: &Cell<u64>, by: u64) {

@@ -6,7 +6,7 @@
 use crate::config::BrokerConfig;
 use crate::context::ShardContext;
 use crate::mesh::{Mesh, ShardRequest};
-use crate::metrics::ShardMetrics;
+use crate::metrics::{bump, ShardMetrics};
 use coremq_shard::{ShardId, ShardStorage, StorageConfig};
 use futures::future::{select, Either};
 use glommio::{LocalExecutorBuilder, Placement};
@@ -86,13 +86,54 @@ impl BrokerHandle {
     }
 }
 
+/// Makes any panic, on any thread, stop the whole process: glommio does not
+/// catch task panics everywhere (one in a non-default task queue aborts; one
+/// elsewhere can end a shard's thread and leave the others serving, a
+/// half-alive broker whose partitions on the dead shard hang). The panic is
+/// printed (by the previous hook), logged, and the process aborts; storage
+/// recovers at the next start as after a kill -9, and nothing acknowledged
+/// is lost because nothing is acknowledged before it is durable.
+pub fn stop_the_process_on_panic() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        previous(info);
+        let thread = std::thread::current();
+        tracing::error!(
+            thread = thread.name().unwrap_or("unnamed"),
+            panic = %info,
+            "a thread of the broker panicked: stopping the whole process so that no shard \
+             is left dead while the others serve (storage recovers at the next start)"
+        );
+        eprintln!("coremq: a thread panicked ({info}); aborting the broker");
+        std::process::abort();
+    }));
+}
+
 pub fn start(config: BrokerConfig) -> Result<BrokerHandle, StartError> {
+    stop_the_process_on_panic();
+    let new_data_dir = std::fs::read_dir(&config.data_dir)
+        .map(|mut entries| entries.next().is_none())
+        .unwrap_or(true);
     std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
         path: config.data_dir.display().to_string(),
         source,
     })?;
     let shards = config.shards;
     coremq_shard::manifest::open_or_create(&config.data_dir, shards)?;
+    if new_data_dir {
+        let total_bytes = config.segment_bytes * u64::from(shards);
+        tracing::info!(
+            data_dir = %config.data_dir.display(),
+            segment_bytes = config.segment_bytes,
+            shards,
+            total_bytes,
+            "new data directory: each shard pre-allocates one commit-log segment of {} MiB \
+             before any message is stored, {} MiB in all, and the next one once a segment \
+             is half full (--segment-bytes sets the size)",
+            config.segment_bytes >> 20,
+            total_bytes >> 20
+        );
+    }
 
     // Resolve every port first: the main placeholder keeps the main port ours
     // until the shards bind it; the own ports are already listening.
@@ -273,6 +314,8 @@ async fn shard_main(
         Ok(storage) => storage,
         Err(error) => return fail(&phases.opened, format!("cannot open storage: {error}")),
     };
+    let (shard_buffer_bytes, forwarded_bytes) =
+        (config.max_shard_buffer_bytes, config.max_forwarded_bytes);
     let ctx = Rc::new(ShardContext {
         id: shard,
         config,
@@ -284,6 +327,11 @@ async fn shard_main(
         shutting_down: Cell::new(false),
         catalog_changes: glommio::sync::Semaphore::new(1),
         shutdown: event_listener::Event::new(),
+        buffer_budget: Rc::new(crate::budget::ByteBudget::new(shard_buffer_bytes)),
+        forwarded_bytes: Rc::new(glommio::sync::Semaphore::new(forwarded_bytes)),
+        peer_requests: Rc::new(glommio::sync::Semaphore::new(
+            crate::mesh::MESH_CHANNEL_DEPTH as u64,
+        )),
     });
     // Peers (and the catalog reconciliation) can reach this shard from here on.
     let mesh_task = glommio::spawn_local(serve_mesh(ctx.clone(), receiver));
@@ -323,7 +371,30 @@ async fn serve_mesh(ctx: Rc<ShardContext>, receiver: async_channel::Receiver<Sha
                 return;
             }
             other => {
-                glommio::spawn_local(ctx.clone().serve_peer_request(other)).detach();
+                // Data requests hold permits while served, so the bounded
+                // channel, not a pile of detached tasks, holds the excess.
+                let (count, bytes) = match &other {
+                    ShardRequest::Append { batches, .. } => (
+                        1,
+                        (batches.len() as u64).clamp(1, ctx.config.max_forwarded_bytes),
+                    ),
+                    ShardRequest::Fetch { .. } | ShardRequest::ListOffset { .. } => (1, 0),
+                    _ => (0, 0),
+                };
+                let permits = async {
+                    let count = ctx.peer_requests.acquire_static_permit(count).await?;
+                    let bytes = ctx.forwarded_bytes.acquire_static_permit(bytes).await?;
+                    Ok::<_, glommio::GlommioError<()>>((count, bytes))
+                };
+                let Ok(permits) = permits.await else {
+                    return; // closed: shutting down
+                };
+                let ctx = ctx.clone();
+                glommio::spawn_local(async move {
+                    ctx.serve_peer_request(other).await;
+                    drop(permits);
+                })
+                .detach();
             }
         }
     }
@@ -357,9 +428,11 @@ async fn accept_loop(ctx: Rc<ShardContext>, listener: glommio::net::TcpListener)
             Either::Left((Ok(stream), _)) => {
                 failures = 0;
                 if ctx.metrics.connections.get() as usize >= ctx.config.max_connections {
+                    bump(&ctx.metrics.connections_refused, 1);
                     tracing::warn!(
                         shard = ctx.id,
-                        "connection limit reached; refusing a connection"
+                        limit = ctx.config.max_connections,
+                        "connection limit reached (--max-connections); refusing a connection"
                     );
                     drop(stream);
                     continue;
@@ -388,5 +461,45 @@ async fn maintenance_loop(ctx: Rc<ShardContext>) {
         if let Err(error) = ctx.storage.maintenance().await {
             tracing::error!(shard = ctx.id, %error, "storage maintenance failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    /// Set in the child process the test below starts.
+    const CHILD: &str = "COREMQ_TEST_PANIC_CHILD";
+
+    #[test]
+    fn a_panic_on_any_thread_stops_the_process() {
+        if std::env::var_os(CHILD).is_some() {
+            super::stop_the_process_on_panic();
+            let shard = std::thread::Builder::new()
+                .name("shard-1".into())
+                .spawn(|| panic!("a bug in a shard"))
+                .expect("spawn");
+            let _ = shard.join();
+            // Only reached when the panic left the process running.
+            std::process::exit(0);
+        }
+        let output = Command::new(std::env::current_exe().expect("test binary"))
+            .args([
+                "--exact",
+                "server::tests::a_panic_on_any_thread_stops_the_process",
+                "--nocapture",
+            ])
+            .env(CHILD, "1")
+            .output()
+            .expect("run the child");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            output.status.signal(),
+            Some(libc::SIGABRT),
+            "the process went on after a thread panicked: {stderr}"
+        );
+        assert!(stderr.contains("a bug in a shard"), "{stderr}");
+        assert!(stderr.contains("aborting the broker"), "{stderr}");
     }
 }

@@ -179,6 +179,27 @@ fn help_shows_every_default() {
         ),
         ("read_cache_bytes", defaults.read_cache_bytes.to_string()),
         (
+            "max_connection_buffer_bytes",
+            defaults.max_connection_buffer_bytes.to_string(),
+        ),
+        (
+            "max_shard_buffer_bytes",
+            defaults.max_shard_buffer_bytes.to_string(),
+        ),
+        (
+            "max_forwarded_bytes",
+            defaults.max_forwarded_bytes.to_string(),
+        ),
+        (
+            "idle_timeout_ms",
+            defaults.idle_timeout.as_millis().to_string(),
+        ),
+        (
+            "read_timeout_ms",
+            defaults.read_timeout.as_millis().to_string(),
+        ),
+        ("max_topics", defaults.max_topics.to_string()),
+        (
             "spin_before_park_us",
             defaults
                 .spin_before_park

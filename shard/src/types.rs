@@ -75,7 +75,7 @@ pub struct TopicConfig {
     pub retention_bytes: Option<u64>,
 }
 
-/// Topic names: 1..=200 bytes of `[A-Za-z0-9._-]`.
+/// Topic names: 1..=200 bytes of `[A-Za-z0-9._-]`, other than `.` and `..`.
 pub fn validate_topic_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 200 {
         return Err(format!(
@@ -90,6 +90,11 @@ pub fn validate_topic_name(name: &str) -> Result<(), String> {
         return Err(format!(
             "topic name '{name}' may only hold letters, digits, '.', '_' and '-'"
         ));
+    }
+    // Names like these mean "this folder" and "the parent" to every tool
+    // that turns a topic into a path or a URL segment.
+    if name == "." || name == ".." {
+        return Err(format!("'{name}' is not a topic name"));
     }
     Ok(())
 }

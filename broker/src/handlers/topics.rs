@@ -4,20 +4,22 @@
 use super::{invalid, Body, HandlerResult};
 use crate::context::ShardContext;
 use crate::mesh::RequestError;
+use coremq_shard::engine::MAX_PARTITIONS;
 use coremq_shard::{validate_topic_name, Durability, TopicConfig};
 use coremq_wire::{fb, ErrorCode};
 use flatbuffers::{FlatBufferBuilder, ForwardsUOffset, Vector, VerifierOptions, WIPOffset};
+use std::collections::BTreeSet;
 
-/// Most partitions one topic may have.
-pub const MAX_PARTITIONS: u32 = 4096;
+/// Topics described between two chances for other tasks to run.
+const TOPICS_PER_TURN: usize = 256;
 
-fn topic_infos<'b>(
+async fn topic_infos<'b>(
     builder: &mut FlatBufferBuilder<'b>,
     topics: &[TopicConfig],
 ) -> WIPOffset<Vector<'b, ForwardsUOffset<fb::TopicInfo<'b>>>> {
-    let infos: Vec<_> = topics
-        .iter()
-        .map(|t| {
+    let mut infos = Vec::with_capacity(topics.len());
+    for chunk in topics.chunks(TOPICS_PER_TURN) {
+        infos.extend(chunk.iter().map(|t| {
             let name = builder.create_string(&t.name);
             let durability = builder.create_string(&t.durability.to_string());
             fb::TopicInfo::create(
@@ -30,21 +32,45 @@ fn topic_infos<'b>(
                     retention_bytes: t.retention_bytes.map_or(-1, |v| v as i64),
                 },
             )
-        })
-        .collect();
+        }));
+        glommio::yield_if_needed().await;
+    }
     builder.create_vector(&infos)
 }
 
-pub fn metadata(ctx: &ShardContext, body: &[u8], options: &VerifierOptions) -> HandlerResult {
+/// The topics a metadata request asks about, sorted by name: each wanted name
+/// is looked up once (work linear in the request, never names × topics), and
+/// a request may name at most `--max-topics` topics.
+fn wanted_topics(
+    ctx: &ShardContext,
+    wanted: Option<Vector<'_, ForwardsUOffset<&str>>>,
+) -> Result<Vec<TopicConfig>, RequestError> {
+    let Some(wanted) = wanted.filter(|w| !w.is_empty()) else {
+        let mut topics = ctx.storage.topics();
+        topics.sort_by(|a, b| a.name.cmp(&b.name));
+        return Ok(topics);
+    };
+    if wanted.len() > ctx.config.max_topics {
+        return Err(RequestError::new(
+            ErrorCode::InvalidRequest,
+            format!(
+                "a metadata request may name at most {} topics (--max-topics), got {}",
+                ctx.config.max_topics,
+                wanted.len()
+            ),
+        ));
+    }
+    let names: BTreeSet<&str> = wanted.iter().collect();
+    Ok(names
+        .into_iter()
+        .filter_map(|name| ctx.storage.topic(name))
+        .collect())
+}
+
+pub async fn metadata(ctx: &ShardContext, body: &[u8], options: &VerifierOptions) -> HandlerResult {
     let request =
         coremq_wire::messages::parse::<fb::MetadataRequest>(body, options).map_err(invalid)?;
-    let mut topics = ctx.storage.topics();
-    if let Some(wanted) = request.topics() {
-        if !wanted.is_empty() {
-            topics.retain(|t| wanted.iter().any(|w| w == t.name));
-        }
-    }
-    topics.sort_by(|a, b| a.name.cmp(&b.name));
+    let topics = wanted_topics(ctx, request.topics())?;
     let mut builder = FlatBufferBuilder::with_capacity(256);
     let shards: Vec<_> = ctx
         .shard_addresses
@@ -63,7 +89,7 @@ pub fn metadata(ctx: &ShardContext, body: &[u8], options: &VerifierOptions) -> H
         })
         .collect();
     let shards = builder.create_vector(&shards);
-    let topics = topic_infos(&mut builder, &topics);
+    let topics = topic_infos(&mut builder, &topics).await;
     let root = fb::MetadataResponse::create(
         &mut builder,
         &fb::MetadataResponseArgs {
@@ -75,12 +101,12 @@ pub fn metadata(ctx: &ShardContext, body: &[u8], options: &VerifierOptions) -> H
     Ok(Body::finish(builder, root))
 }
 
-pub fn list(ctx: &ShardContext, body: &[u8], options: &VerifierOptions) -> HandlerResult {
+pub async fn list(ctx: &ShardContext, body: &[u8], options: &VerifierOptions) -> HandlerResult {
     coremq_wire::messages::parse::<fb::ListTopicsRequest>(body, options).map_err(invalid)?;
     let mut topics = ctx.storage.topics();
     topics.sort_by(|a, b| a.name.cmp(&b.name));
     let mut builder = FlatBufferBuilder::with_capacity(256);
-    let topics = topic_infos(&mut builder, &topics);
+    let topics = topic_infos(&mut builder, &topics).await;
     let root = fb::ListTopicsResponse::create(
         &mut builder,
         &fb::ListTopicsResponseArgs {

@@ -41,8 +41,9 @@ use std::io;
 use std::path::PathBuf;
 use std::rc::Rc;
 
-/// Most partitions one topic may have.
-pub const MAX_PARTITIONS: u32 = 100_000;
+/// Most partitions one topic may have: the one limit the broker checks at
+/// ingress and the engine checks again when it creates the topic.
+pub const MAX_PARTITIONS: u32 = 4096;
 
 pub(crate) struct PartitionState {
     pub topic_id: u32,
