@@ -12,7 +12,7 @@ cargo test --release -p coremq-shard --test crash --no-run
 start=$SECONDS
 for ((from = 0; from < seeds; from += chunk)); do
   to=$((from + chunk < seeds ? from + chunk : seeds))
-  if ! COREMQ_SEEDS="$from..$to" cargo test --release -q -p coremq-shard --test crash 2>&1 | tail -3; then
+  if ! COREMQ_SEEDS="$from..$to" cargo test --release -q -p coremq-shard --test crash 2>&1 | grep -E "replay with|panicked at|^open|test result" ; then
     echo "seeds $from..$to: FAILED (the failing seed is printed above)" >&2
     exit 1
   fi

@@ -131,11 +131,25 @@ async fn entry_or_after_padding<F: DiskFile>(
     if chains(&parsed) || chain.is_none() || is_aligned(at) || next >= segment.size {
         return Ok((at, parsed));
     }
+    // Zero padding shorter than an entry header ends where the next
+    // flush's first entry starts, so the header parse at `at` straddles
+    // the boundary and cannot tell padding from damage: the zeros can.
+    let padding = {
+        if !window.as_ref().is_some_and(|w| w.covers(at, next - at)) {
+            *window = Some(fill(segment, at, next - at).await?);
+        }
+        let w = window.as_ref().expect("filled above");
+        let from = (at - w.start) as usize;
+        w.bytes[from..from + (next - at) as usize]
+            .iter()
+            .all(|b| *b == 0)
+    };
     let after = entry_at_believed(segment, window, next).await?;
     // A chained entry continues the log; bad bytes where the next flush
     // would start end it *there*, so recovery looks at them (damage, or a
-    // torn tail: recovery/damage.rs) instead of calling this a clean end.
-    if chains(&after) || (is_bad(&after) && !is_bad(&parsed)) {
+    // torn tail: recovery/damage.rs) instead of calling this a clean end,
+    // and judges them from their own start, not from the padding.
+    if padding || chains(&after) || (is_bad(&after) && !is_bad(&parsed)) {
         return Ok((next, after));
     }
     // The caller reads the entry at `at` through the window again (a fresh
