@@ -175,20 +175,7 @@ pub fn verify_batch(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
 /// (and which an older broker may have applied less strictly: its data must
 /// stay readable and must never look like damage to recovery).
 pub fn verify_stored_batch(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
-    let header = BatchHeader::parse(bytes)?;
-    let magic = read_u16(bytes, 24);
-    if magic != BATCH_MAGIC {
-        return Err(BatchError::BadMagic {
-            offset: 24,
-            found: magic,
-        });
-    }
-    if header.batch_length as usize != bytes.len() {
-        return Err(BatchError::BadLength {
-            offset: 16,
-            length: header.batch_length,
-        });
-    }
+    let header = verify::check_layout(bytes)?;
     let fit = (bytes.len() - BATCH_HEADER_LEN) / RECORD_OVERHEAD;
     if header.record_count == 0 || header.record_count as usize > fit || read_u16(bytes, 58) != 0 {
         return Err(BatchError::BadHeader {

@@ -389,46 +389,43 @@ impl Conn {
     ) -> (u64, Vec<(u64, Vec<u8>)>) {
         loop {
             let start = self.log_start_offset(topic, partition);
-            let mut out = Vec::new();
-            let mut offset = start;
-            loop {
-                let (error, high_watermark, batches) = self.fetch(topic, partition, offset, 0);
-                if error == ErrorCode::OffsetOutOfRange
-                    && self.log_start_offset(topic, partition) > start
-                {
-                    break;
-                }
-                assert_eq!(error, ErrorCode::None);
-                for record in records_from(&batches, offset) {
-                    let record = record.expect("valid record");
-                    out.push((record.offset, record.value.to_vec()));
-                    offset = record.offset + 1;
-                }
-                if offset >= high_watermark {
-                    return (start, out);
-                }
+            match self.try_read_all(topic, partition, start) {
+                Ok(records) => return (start, records),
+                Err(ErrorCode::OffsetOutOfRange)
+                    if self.log_start_offset(topic, partition) > start => {}
+                Err(error) => panic!("{topic}/{partition}: read failed with {error:?}"),
             }
         }
     }
 
     /// Every record value from `offset` to the high watermark.
-    pub fn read_all(
+    pub fn read_all(&mut self, topic: &str, partition: u32, offset: u64) -> Vec<(u64, Vec<u8>)> {
+        match self.try_read_all(topic, partition, offset) {
+            Ok(records) => records,
+            Err(error) => panic!("{topic}/{partition}: read failed with {error:?}"),
+        }
+    }
+
+    /// `read_all`, ending at the first fetch error.
+    pub fn try_read_all(
         &mut self,
         topic: &str,
         partition: u32,
         mut offset: u64,
-    ) -> Vec<(u64, Vec<u8>)> {
+    ) -> Result<Vec<(u64, Vec<u8>)>, ErrorCode> {
         let mut out = Vec::new();
         loop {
             let (error, high_watermark, batches) = self.fetch(topic, partition, offset, 0);
-            assert_eq!(error, ErrorCode::None);
+            if error != ErrorCode::None {
+                return Err(error);
+            }
             for record in records_from(&batches, offset) {
                 let record = record.expect("valid record");
                 out.push((record.offset, record.value.to_vec()));
                 offset = record.offset + 1;
             }
             if offset >= high_watermark {
-                return out;
+                return Ok(out);
             }
         }
     }

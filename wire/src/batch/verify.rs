@@ -58,8 +58,9 @@ fn field(offset: usize, name: &'static str, expected: Expected, found: i64) -> B
     }
 }
 
-/// The fixed header: every field a reader relies on (not the CRC).
-pub(super) fn check_header(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
+/// The header's layout: it parses, carries the batch magic and the length
+/// of `bytes` exactly (what storage checks of its own batches too).
+pub(super) fn check_layout(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
     let header = BatchHeader::parse(bytes)?;
     let magic = read_u16(bytes, 24);
     if magic != BATCH_MAGIC {
@@ -74,6 +75,12 @@ pub(super) fn check_header(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
             length: header.batch_length,
         });
     }
+    Ok(header)
+}
+
+/// The fixed header: every field a reader relies on (not the CRC).
+pub(super) fn check_header(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
+    let header = check_layout(bytes)?;
     if header.flags != 0 {
         return Err(field(
             26,
