@@ -40,7 +40,7 @@ start_broker() { # dir shards extra... ; sets pid and addr
   echo "broker did not become ready" >&2; exit 1
 }
 
-total_acked=0 total_lost=0 total_corrupt=0
+total_acked=0 total_lost=0 total_corrupt=0 total_expired=0
 reused="$work/reused"
 for trial in $(seq 1 "$trials"); do
   shards=$(( trial % 2 + 1 ))
@@ -64,12 +64,13 @@ for trial in $(seq 1 "$trials"); do
   if ! "$lg" verify --broker "$addr" --ack-log "$ack" --json > "$work/verify.json" 2> "$work/verify.err"; then
     echo "trial $trial: verify failed:" >&2; tail -5 "$work/verify.err" >&2
   fi
-  read -r checked lost corrupt < <(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r.get("checked",0), r.get("lost",0), r.get("corrupt",0))' "$work/verify.json")
+  read -r checked lost corrupt expired < <(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r.get("checked",0), r.get("lost",0), r.get("corrupt",0), r.get("expired",0))' "$work/verify.json")
   kill -TERM "$pid"; wait "$pid" 2>/dev/null || true; pid=""
-  echo "trial $trial: shards=$shards dir=$([[ $(( trial % 2 )) == 0 ]] && echo reused || echo fresh) ${aware[*]:-shard-aware} killed after ${run_s}s: $checked acknowledged, $lost lost, $corrupt corrupt"
+  echo "trial $trial: shards=$shards dir=$([[ $(( trial % 2 )) == 0 ]] && echo reused || echo fresh) ${aware[*]:-shard-aware} killed after ${run_s}s: $checked acknowledged checked, $expired released by retention, $lost lost, $corrupt corrupt"
+  total_expired=$(( total_expired + expired ))
   total_acked=$(( total_acked + checked )); total_lost=$(( total_lost + lost )); total_corrupt=$(( total_corrupt + corrupt ))
   rm -f "$ack"
   [[ "$dir" == "$work/fresh-"* ]] && rm -rf "$dir"
 done
-echo "total: $trials trials, $total_acked acknowledged messages checked, $total_lost lost, $total_corrupt corrupt"
+echo "total: $trials trials, $total_acked acknowledged messages checked (and $total_expired released by retention), $total_lost lost, $total_corrupt corrupt"
 (( total_lost == 0 && total_corrupt == 0 ))

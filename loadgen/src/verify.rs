@@ -20,6 +20,8 @@ pub struct Tally {
     pub checked: u64,
     pub lost: u64,
     pub corrupt: u64,
+    /// Below the partition's log start: released by retention, not lost.
+    pub expired: u64,
 }
 
 pub async fn run(args: VerifyArgs) -> Result<ExitCode> {
@@ -55,6 +57,7 @@ pub async fn run(args: VerifyArgs) -> Result<ExitCode> {
                 total.checked += tally.checked;
                 total.lost += tally.lost;
                 total.corrupt += tally.corrupt;
+                total.expired += tally.expired;
             }
             Err(error) => {
                 report.note_error(format!("{topic}/{partition}: {error}"));
@@ -68,12 +71,14 @@ pub async fn run(args: VerifyArgs) -> Result<ExitCode> {
     report.extra.insert("checked".into(), total.checked.into());
     report.extra.insert("lost".into(), total.lost.into());
     report.extra.insert("corrupt".into(), total.corrupt.into());
+    report.extra.insert("expired".into(), total.expired.into());
     let ok = total.lost == 0 && total.corrupt == 0;
     eprintln!(
-        "verify: {} checked, {} lost, {} corrupt: {}",
+        "verify: {} checked, {} lost, {} corrupt, {} released by retention: {}",
         total.checked,
         total.lost,
         total.corrupt,
+        total.expired,
         if ok { "OK" } else { "FAILED" }
     );
     let code = report.finish(common)?;
@@ -99,8 +104,14 @@ async fn verify_partition(
         max_wait: Duration::ZERO,
         min_bytes: 0,
     };
-    let mut offset = first;
-    let mut seen = 0u64;
+    // Retention may have released the oldest acknowledged messages: those
+    // are `expired`, not lost (the log start only moves by retention).
+    let log_start = client
+        .list_offset(topic, partition, coremq_client::OffsetSpec::Earliest)
+        .await?;
+    tally.expired = offsets.range(..log_start).count() as u64;
+    let mut offset = first.max(log_start);
+    let mut seen = tally.expired;
     while offset <= last {
         let sent = Instant::now();
         let fetched = match client.fetch(topic, partition, offset, &options).await {
