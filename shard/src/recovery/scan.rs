@@ -87,7 +87,7 @@ pub(super) async fn entry_at<F: DiskFile>(
 }
 
 /// How often an entry that fails is read again before it is believed.
-const READS_BEFORE_BELIEVING: usize = 3;
+const READS_BEFORE_BELIEVING: usize = 5;
 
 fn is_bad(parsed: &Parsed) -> bool {
     matches!(parsed, Parsed::End(end) if !matches!(end, EntryEnd::SegmentFull | EntryEnd::Zero))
