@@ -26,10 +26,10 @@
 //! entries were all written before it was released, so before anything
 //! of its new life.)
 
-use super::scan::{entry_at, following_entry};
+use super::scan::{entry_at, entry_or_after_padding};
 use super::Tables;
 use crate::catalog::Snapshot;
-use crate::codec::{align_down, align_up, BLOCK_BYTES};
+use crate::codec::{align_down, align_up};
 use crate::commitlog::entry::{batch_header, EntryHeader, EntryKind, Parsed, ENTRY_HEADER_LEN};
 use crate::commitlog::segments::Segment;
 use crate::disk::{Disk, DiskFile, IoBuffer};
@@ -98,24 +98,20 @@ async fn chain_proves<F: DiskFile>(
     let mut window = None;
     let mut chain = None;
     for _ in 0..FOLLOW_ENTRIES_MAX {
-        // The next entry, or the one at the next block boundary (a flush
-        // ends padded to its block; the next starts at the boundary).
-        let found = match following_entry(segment, &mut window, at, chain).await? {
-            Some(found) => Some(found),
-            None if chain.is_some()
-                && !crate::codec::is_aligned(at)
-                && align_up(at) < segment.size =>
-            {
-                at = align_up(at);
-                following_entry(segment, &mut window, at, chain).await?
-            }
-            None => None,
+        // The next entry, or the one after a flush's padding: the scan's
+        // own stepping (a flush ends padded to its block).
+        let (found_at, parsed) = entry_or_after_padding(segment, &mut window, at, chain).await?;
+        let header = match parsed {
+            Parsed::Entry(h) if chain.is_none_or(|c| c == h.prev_crc) => h,
+            _ => return Ok(None),
         };
-        let Some((header, entry)) = found else {
-            return Ok(None);
-        };
+        at = found_at;
+        let entry = window
+            .as_ref()
+            .expect("entry_at filled it")
+            .entry(at, &header);
         let position = segment.base + at;
-        match is_live(&header, &entry, segment.base, tables) {
+        match is_live(&header, entry, segment.base, tables) {
             Some(false) => return Ok(Some(false)),
             Some(true) if header.durable_claim(position).is_some_and(|d| d > damaged) => {
                 return Ok(Some(true))
@@ -282,7 +278,6 @@ pub(super) async fn quarantine<D: Disk>(
     disk.sync_dir(dir)
         .await
         .map_err(|e| io_error("syncing directory", &shown, e))?;
-    debug_assert!(BLOCK_BYTES.is_power_of_two());
     Ok(path)
 }
 

@@ -59,6 +59,13 @@ struct Tables {
 }
 
 impl Tables {
+    /// A topic's name for messages (`#<id>` once it is gone).
+    fn topic_name(&self, topic_id: u32) -> String {
+        self.catalog
+            .by_id(topic_id)
+            .map_or_else(|| format!("#{topic_id}"), |t| t.config.name.clone())
+    }
+
     /// Applies one verified entry. `Err` means "the log ends before it".
     fn apply(
         &mut self,
@@ -271,14 +278,19 @@ pub(crate) async fn recover<D: Disk, C: Clock>(
             if let ScanEnd::Torn(reason) = outcome.reason {
                 // Damage an earlier repair quarantined, or damage that later
                 // data proves had been synced (recovery/damage.rs).
-                let resume = match quarantined.iter().find(|q| q.from == end) {
-                    Some(q) => segments
-                        .iter()
-                        .position(|s| s.base <= q.to && q.to < s.end())
-                        .map(|segment| damage::Resume {
-                            segment,
-                            position: q.to,
-                        }),
+                // (resume, whether this start found the damage: only new
+                // damage is quarantined; recorded damage is skipped).
+                let (resume, found_now) = match quarantined.iter().find(|q| q.from == end) {
+                    Some(q) => (
+                        segments
+                            .iter()
+                            .position(|s| s.base <= q.to && q.to < s.end())
+                            .map(|segment| damage::Resume {
+                                segment,
+                                position: q.to,
+                            }),
+                        false,
+                    ),
                     None => {
                         let max_entry = config.max_batch_bytes as u64 + ENTRY_HEADER_LEN as u64;
                         // Without a checkpoint the first segment's leading
@@ -308,12 +320,11 @@ pub(crate) async fn recover<D: Disk, C: Clock>(
                                 reason,
                             });
                         }
-                        found
+                        (found, true)
                     }
                 };
                 if let Some(resume) = resume {
-                    if config.repair_corruption && damaged.last().is_some_and(|d| d.position == end)
-                    {
+                    if config.repair_corruption && found_now {
                         let range = damage::Quarantined {
                             from: end,
                             to: resume.position,
@@ -347,10 +358,7 @@ pub(crate) async fn recover<D: Disk, C: Clock>(
         }
     }
     for &(topic_id, partition, from, to) in &tables.gaps {
-        let topic = tables
-            .catalog
-            .by_id(topic_id)
-            .map_or_else(|| format!("#{topic_id}"), |t| t.config.name.clone());
+        let topic = tables.topic_name(topic_id);
         tracing::error!(
             shard = config.shard.0,
             topic = %topic,
@@ -691,10 +699,7 @@ fn corruption_error(config: &StorageConfig, damaged: &[Damaged], tables: &Tables
         .gaps
         .iter()
         .map(|&(topic_id, partition, from, to)| {
-            let topic = tables
-                .catalog
-                .by_id(topic_id)
-                .map_or_else(|| format!("#{topic_id}"), |t| t.config.name.clone());
+            let topic = tables.topic_name(topic_id);
             format!("{topic}/{partition} offsets {from}..{}", to - 1)
         })
         .collect();

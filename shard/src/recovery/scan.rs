@@ -36,6 +36,13 @@ impl Window {
     pub(super) fn covers(&self, at: u64, len: u64) -> bool {
         at >= self.start && at + len <= self.start + self.bytes.len() as u64
     }
+
+    /// The bytes of the entry at file offset `at` that [`entry_at`] parsed
+    /// through this window (it fills the window to cover the whole entry).
+    pub(super) fn entry(&self, at: u64, header: &EntryHeader) -> &[u8] {
+        let from = (at - self.start) as usize;
+        &self.bytes[from..from + header.length as usize]
+    }
 }
 
 pub(super) async fn fill<F: DiskFile>(
@@ -118,7 +125,7 @@ pub(super) async fn entry_at_believed<F: DiskFile>(
 /// write in the padding. Only a chained entry continues the log there
 /// (stale entries of a reused segment never chain). Returns the offset of
 /// what it parsed: `at` unless it stepped over padding.
-async fn entry_or_after_padding<F: DiskFile>(
+pub(super) async fn entry_or_after_padding<F: DiskFile>(
     segment: &Segment<F>,
     window: &mut Option<Window>,
     at: u64,
@@ -194,9 +201,10 @@ pub(super) async fn scan_segment<F: DiskFile>(
                 reason: ScanEnd::Torn("entry does not chain to its predecessor"),
             });
         }
-        let w = window.as_ref().expect("entry_at filled it");
-        let from = (at - w.start) as usize;
-        let entry = &w.bytes[from..from + header.length as usize];
+        let entry = window
+            .as_ref()
+            .expect("entry_at filled it")
+            .entry(at, &header);
         if let Err(reason) = tables.apply(&header, entry, position, config) {
             tracing::error!(
                 segment = segment.base,
@@ -244,9 +252,12 @@ pub(super) async fn index_segment<F: DiskFile>(
             },
         };
         if header.kind == EntryKind::Batch {
-            let w = window.as_ref().expect("entry_at filled it");
-            let from = (at - w.start) as usize;
-            let batch = batch_header(&w.bytes[from..from + header.length as usize]);
+            let batch = batch_header(
+                window
+                    .as_ref()
+                    .expect("entry_at filled it")
+                    .entry(at, &header),
+            );
             let key = (header.topic_id, header.partition);
             let group = match groups.iter().position(|g| (g.0, g.1) == key) {
                 Some(i) => &mut groups[i].2,
@@ -272,25 +283,6 @@ pub(super) async fn index_segment<F: DiskFile>(
         position += header.length as u64;
     }
     Ok(groups)
-}
-
-/// The valid entry at file offset `at` and its bytes, if it chains to
-/// `chain` (any chain if `None`).
-pub(super) async fn following_entry<F: DiskFile>(
-    segment: &Segment<F>,
-    window: &mut Option<Window>,
-    at: u64,
-    chain: Option<u32>,
-) -> Result<Option<(EntryHeader, Vec<u8>)>, StorageError> {
-    match entry_at_believed(segment, window, at).await? {
-        Parsed::Entry(header) if chain.is_none_or(|c| c == header.prev_crc) => {
-            let w = window.as_ref().expect("entry_at filled it");
-            let from = (at - w.start) as usize;
-            let entry = w.bytes[from..from + header.length as usize].to_vec();
-            Ok(Some((header, entry)))
-        }
-        _ => Ok(None),
-    }
 }
 
 /// Does the segment's first entry continue the chain?
