@@ -24,21 +24,9 @@ dd if=/dev/zero of="$work/fs.img" bs=1M count="$size_mib" status=none
 mkfs.ext4 -q "$work/fs.img"
 mount -o loop "$work/fs.img" "$mnt"
 dir="$mnt/data"
-start_broker() {
-  : > "$work/ready"
-  "$broker" --data-dir "$dir" --listen 127.0.0.1:0 --shards 1 --segment-bytes 16777216 \
-    --max-batch-bytes 1048576 > "$work/ready" 2>> "$work/broker.log" &
-  pid=$!
-  for _ in $(seq 1 200); do
-    if read -r line < "$work/ready" && [[ "$line" == "coremq listening on "* ]]; then
-      addr="${line#coremq listening on }"; addr="${addr%% *}"; return 0
-    fi
-    kill -0 "$pid" 2>/dev/null || { echo "broker exited:" >&2; tail -5 "$work/broker.log" >&2; exit 1; }
-    sleep 0.05
-  done
-  exit 1
-}
-start_broker
+# shellcheck source=benches/scripts/start-broker.sh
+source benches/scripts/start-broker.sh  # cwd: the repository root (above)
+start_broker "$dir" 1 --segment-bytes 16777216 --max-batch-bytes 1048576
 "$lg" produce --broker "$addr" --topic full --partitions 2 --batch 100 --producers 2 \
   --duration 60 --ack-log "$work/acks" --json > "$work/produce.json" 2> "$work/produce.err" || true
 python3 - "$work/produce.json" <<'PY'
@@ -48,7 +36,7 @@ print(f"produce: {r.get('messages')} acknowledged, {r.get('errors')} errors; sam
 PY
 df -h "$mnt" | tail -1
 kill -TERM "$pid"; wait "$pid" 2>/dev/null || true; pid=""
-start_broker
+start_broker "$dir" 1 --segment-bytes 16777216 --max-batch-bytes 1048576
 "$lg" verify --broker "$addr" --ack-log "$work/acks" --json > "$work/verify.json" 2> "$work/verify.err" || true
 python3 - "$work/verify.json" <<'PY'
 import json, sys

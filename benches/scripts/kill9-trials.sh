@@ -24,21 +24,8 @@ pid=""
 cleanup() { [[ -n "$pid" ]] && kill -9 "$pid" 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
 
-start_broker() { # dir shards extra... ; sets pid and addr
-  local dir="$1" shards="$2"; shift 2
-  : > "$work/ready"
-  "$broker" --data-dir "$dir" --listen 127.0.0.1:0 --shards "$shards" "$@" \
-    > "$work/ready" 2>> "$work/broker.log" &
-  pid=$!
-  for _ in $(seq 1 200); do
-    if read -r line < "$work/ready" && [[ "$line" == "coremq listening on "* ]]; then
-      addr="${line#coremq listening on }"; addr="${addr%% *}"; return 0
-    fi
-    kill -0 "$pid" 2>/dev/null || { echo "broker exited at start-up:" >&2; tail -5 "$work/broker.log" >&2; exit 1; }
-    sleep 0.05
-  done
-  echo "broker did not become ready" >&2; exit 1
-}
+# shellcheck source=benches/scripts/start-broker.sh
+source benches/scripts/start-broker.sh  # cwd: the repository root (above)
 
 total_acked=0 total_lost=0 total_corrupt=0 total_expired=0
 reused="$work/reused"
